@@ -1,0 +1,343 @@
+"""The Python API: :class:`Denoiser`.
+
+>>> from audiodenoise import Denoiser
+>>> denoiser = Denoiser.from_pretrained()
+>>> clean = denoiser.denoise(noisy, sample_rate=44100)   # numpy or torch, [channels, time] or [time]
+>>> denoiser.denoise_file("in.wav", "out.wav")
+
+The model works on a 16 kHz log-magnitude grid; a file at any other rate is
+analysed at 16 kHz and the model's mask is carried over to the file's own STFT
+(its own rate, its own phase), so the output keeps the input's rate, length,
+channels and full bandwidth. Content above 8 kHz gets the mask of the
+6-7 kHz band of the same frame.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from . import audio
+from .audio import AtomicWriter
+from .checkpoint import LoadedModel, load_model
+from .chunking import process_array, process_chunked
+from .errors import AudioError, ConfigError, ModelError
+from .features import FeatureConfig, analyze, istft, stft
+from .model import DenoisingAutoencoder
+
+PRETRAINED_PACKAGE = "audiodenoise.pretrained"
+PRETRAINED_FILE = "model.safetensors"
+# native-rate bins above HIGH_BAND_START_HZ take the mean mask of EXTENSION_BAND_HZ
+EXTENSION_BAND_HZ = (6000.0, 7000.0)
+HIGH_BAND_START_HZ = 7000.0
+# extra context beyond the model's receptive field: resampler filters and STFT edges
+CONTEXT_MARGIN_SECONDS = 0.25
+# seconds of audio above which a progress bar is worth showing
+PROGRESS_MIN_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class DenoiseResult:
+    """What :meth:`Denoiser.denoise_file` did."""
+
+    src: str
+    dst: str
+    sample_rate: int
+    channels: int
+    frames: int
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate
+
+
+def pretrained_path() -> Path:
+    """Path of the shipped model file inside the installed package."""
+    return Path(str(resources.files(PRETRAINED_PACKAGE).joinpath(PRETRAINED_FILE)))
+
+
+def pretrained_sha256() -> str:
+    """The checksum the shipped model must match."""
+    text = resources.files(PRETRAINED_PACKAGE).joinpath(PRETRAINED_FILE + ".sha256").read_text()
+    return text.split()[0]
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when available; ``cpu``/``cuda`` are taken as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ConfigError(f"device must be auto, cpu or cuda, got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device cuda asked for, but no CUDA GPU is available")
+    return torch.device(device)
+
+
+class Denoiser:
+    """Denoise signals and files with a trained model.
+
+    Parameters
+    ----------
+    model : the autoencoder (put in eval mode here)
+    features : the feature configuration it was trained with
+    device : ``"auto"``, ``"cpu"`` or ``"cuda"``
+    atten_lim_db : most attenuation applied to any bin, in dB (None: no limit);
+        like DeepFilterNet's ``--atten-lim``, a low value keeps more of the
+        background
+    limiter : soft-limit the output below full scale so it never clips
+    chunk_seconds : length of the pieces long signals are processed in
+    """
+
+    def __init__(
+        self,
+        model: DenoisingAutoencoder,
+        features: FeatureConfig,
+        *,
+        device: str = "auto",
+        atten_lim_db: float | None = None,
+        limiter: bool = True,
+        chunk_seconds: float = 20.0,
+        info: dict | None = None,
+    ) -> None:
+        if atten_lim_db is not None and not (math.isfinite(atten_lim_db) and atten_lim_db >= 0):
+            raise ConfigError(f"atten_lim_db must be a non-negative number of dB, got {atten_lim_db}")
+        if not chunk_seconds > 0:
+            raise ConfigError(f"chunk_seconds must be positive, got {chunk_seconds}")
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.features = features
+        self.atten_lim_db = atten_lim_db
+        self.limiter = limiter
+        self.chunk_seconds = chunk_seconds
+        self.info = info or {}
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, *, sha256: str | None = None, **kwargs) -> Denoiser:
+        """Load a model file written by ``audiodenoise train`` (or :func:`~audiodenoise.checkpoint.save_model`)."""
+        loaded: LoadedModel = load_model(path, sha256=sha256)
+        return cls(loaded.model, loaded.features, info=loaded.info, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, **kwargs) -> Denoiser:
+        """The model shipped with the package, its checksum verified."""
+        path = pretrained_path()
+        if not path.is_file():
+            raise ModelError(f"{path}: the shipped model is missing from this installation")
+        return cls.from_file(path, sha256=pretrained_sha256(), **kwargs)
+
+    # -- signals -------------------------------------------------------------
+
+    def denoise(self, wav, sample_rate: int):
+        """Denoise a signal.
+
+        Parameters
+        ----------
+        wav : ndarray or Tensor, [channels, time] or [time]
+        sample_rate : int, 8000 to 192000
+
+        Returns
+        -------
+        The same type, shape and (floating) dtype as ``wav``.
+        """
+        is_torch = isinstance(wav, torch.Tensor)
+        array = wav.detach().cpu().numpy() if is_torch else np.asarray(wav)
+        if array.ndim not in (1, 2):
+            raise AudioError(f"expected a signal shaped [time] or [channels, time], got shape {array.shape}")
+        if array.dtype.kind not in "fiu":
+            raise AudioError(f"expected a numeric signal, got dtype {array.dtype}")
+        if array.dtype.kind in "iu":
+            raise AudioError(f"expected float samples in [-1, 1], got integer dtype {array.dtype}; scale it first")
+        data = np.atleast_2d(array).astype(np.float32)
+        if data.shape[1] == 0:
+            raise AudioError("signal holds no samples")
+        audio.check_sample_rate(int(sample_rate))
+        audio.check_signal(data)
+        out = process_array(data, self._chunk_fn(int(sample_rate)), **self._plan(int(sample_rate)))
+        out = out.reshape(array.shape).astype(array.dtype if array.dtype.kind == "f" else np.float32)
+        if is_torch:
+            return torch.from_numpy(out).to(wav.device)
+        return out
+
+    # -- files -----------------------------------------------------------------
+
+    def denoise_file(
+        self,
+        src: str | os.PathLike,
+        dst: str | os.PathLike,
+        *,
+        overwrite: bool = False,
+        progress: bool = False,
+        subtype: str | None = None,
+    ) -> DenoiseResult:
+        """Denoise ``src`` into ``dst`` in bounded memory.
+
+        The output is written to a temp file beside ``dst`` and renamed when
+        complete: a failure or Ctrl-C leaves no partial file, and ``src`` is
+        only ever read.
+        """
+        src, dst = Path(src), Path(dst)
+        meta = audio.info(src)
+        if dst.exists() and dst.resolve() == src.resolve():
+            raise AudioError(f"{dst}: output path is the input file; choose another output path")
+        if dst.is_dir():
+            raise AudioError(f"{dst}: is a folder, expected an output file path")
+        if dst.exists() and not overwrite:
+            raise AudioError(f"{dst}: already exists; pass --overwrite to replace it")
+        fmt, out_subtype = audio.output_format(dst, like=meta)
+        if subtype is not None:
+            out_subtype = subtype
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AudioError(f"{dst}: cannot create output folder ({exc.strerror})") from None
+        bar = _progress_bar(meta, enabled=progress)
+        try:
+            with sf.SoundFile(str(src)) as fh, AtomicWriter(
+                dst, sample_rate=meta.sample_rate, channels=meta.channels, format=fmt, subtype=out_subtype
+            ) as writer:
+                process_chunked(
+                    lambda a, b: audio.read_segment(fh, a, b, name=str(src)),
+                    self._chunk_fn(meta.sample_rate, integer_output=not out_subtype.startswith(("FLOAT", "DOUBLE"))),
+                    writer.write,
+                    meta.frames,
+                    on_progress=(lambda n: bar.update(n / meta.sample_rate)) if bar else None,
+                    **self._plan(meta.sample_rate),
+                )
+        finally:
+            if bar is not None:
+                bar.close()
+        return DenoiseResult(str(src), str(dst), meta.sample_rate, meta.channels, meta.frames)
+
+    # -- internals -------------------------------------------------------------
+
+    def _plan(self, sample_rate: int) -> dict:
+        """Chunk plan in samples at ``sample_rate``: chunk, context and grid alignment."""
+        model_rate = self.features.sample_rate
+        native = self.features.for_rate(sample_rate)
+        rf_seconds = (
+            self.model.config.receptive_frames * self.features.hop_length + self.features.n_fft
+        ) / model_rate
+        context = math.ceil((rf_seconds + CONTEXT_MARGIN_SECONDS) * sample_rate)
+        return {
+            "chunk": max(1, round(self.chunk_seconds * sample_rate)),
+            "context": context,
+            "align": _grid_alignment(sample_rate, native.hop_length, model_rate, self.features.hop_length),
+        }
+
+    def _chunk_fn(self, sample_rate: int, *, integer_output: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+        def fn(segment: np.ndarray) -> np.ndarray:
+            out = self._denoise_segment(segment, sample_rate)
+            if self.limiter:
+                out = audio.soft_limit(out)
+            elif integer_output:
+                out = np.clip(out, -1.0, 1.0)
+            return out
+
+        return fn
+
+    @torch.inference_mode()
+    def _denoise_segment(self, segment: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Denoise ``segment [channels, n]`` at ``sample_rate`` in one pass."""
+        model_rate = self.features.sample_rate
+        length = segment.shape[1]
+        at_model_rate = audio.resample(segment, sample_rate, model_rate)
+        mask = self.mask(torch.from_numpy(at_model_rate).to(self.device))
+        native = self.features.for_rate(sample_rate)
+        wav = torch.from_numpy(segment).to(self.device)
+        spec = stft(wav, config=native) if sample_rate != model_rate else stft(wav, config=self.features)
+        if sample_rate != model_rate:
+            mask = transfer_mask(mask, self.features, native, n_frames=spec.shape[-1])
+        out = istft(spec * mask, config=native if sample_rate != model_rate else self.features, length=length)
+        out = out.cpu().numpy()
+        out[np.abs(out) < 1e-30] = 0.0  # no denormals
+        return out
+
+    def mask(self, wav: torch.Tensor) -> torch.Tensor:
+        """Mask over the model-rate STFT of ``wav [channels, time]``: ``[channels, freq, frames]``."""
+        log_mag, _ = analyze(wav, config=self.features)
+        out = self.model(log_mag)
+        if self.model.config.output == "mask":
+            mask = out
+        else:
+            mask = (torch.exp(out - log_mag)).clamp(0.0, 1.0)
+        if self.atten_lim_db is not None:
+            mask = mask.clamp_min(10.0 ** (-self.atten_lim_db / 20.0))
+        return mask
+
+
+def transfer_mask(
+    mask: torch.Tensor, features: FeatureConfig, native: FeatureConfig, *, n_frames: int
+) -> torch.Tensor:
+    """Carry a model-rate mask ``[channels, freq, frames]`` over to another STFT grid.
+
+    Bins are matched by frequency in Hz (linear interpolation) up to
+    :data:`HIGH_BAND_START_HZ`; bins above take the frame's mean mask over
+    :data:`EXTENSION_BAND_HZ` (so a 48 kHz file keeps its 8-24 kHz content
+    where the model judges the upper speech band to be speech). Frames are
+    matched by time.
+    """
+    n_model_freqs = mask.shape[-2]
+    model_bin_hz = features.sample_rate / features.n_fft
+    native_hz = torch.arange(native.n_freqs, device=mask.device, dtype=torch.float64) * (
+        native.sample_rate / native.n_fft
+    )
+    # frequency: fractional model bin for each native bin
+    pos = (native_hz / model_bin_hz).clamp(max=n_model_freqs - 1)
+    lo = pos.floor().long()
+    hi = (lo + 1).clamp(max=n_model_freqs - 1)
+    w = (pos - lo).to(mask.dtype)[:, None]
+    by_freq = mask[..., lo, :] * (1 - w) + mask[..., hi, :] * w
+    band_lo, band_hi = (round(f / model_bin_hz) for f in EXTENSION_BAND_HZ)
+    band_lo, band_hi = min(band_lo, n_model_freqs - 1), min(band_hi, n_model_freqs - 1)
+    extension = mask[..., band_lo : band_hi + 1, :].mean(dim=-2, keepdim=True)
+    high = (native_hz > HIGH_BAND_START_HZ)[:, None]
+    if features.sample_rate / 2 > HIGH_BAND_START_HZ:
+        by_freq = torch.where(high, extension, by_freq)
+    # time: fractional model frame for each native frame
+    n_model_frames = mask.shape[-1]
+    t = torch.arange(n_frames, device=mask.device, dtype=torch.float64) * (
+        native.hop_length / native.sample_rate * features.sample_rate / features.hop_length
+    )
+    t = t.clamp(max=n_model_frames - 1)
+    t_lo = t.floor().long()
+    t_hi = (t_lo + 1).clamp(max=n_model_frames - 1)
+    tw = (t - t_lo).to(mask.dtype)
+    return by_freq[..., t_lo] * (1 - tw) + by_freq[..., t_hi] * tw
+
+
+def _grid_alignment(sample_rate: int, native_hop: int, model_rate: int, model_hop: int, limit: int = 1 << 20) -> int:
+    """Smallest sample count that is a whole number of native hops and of model hops.
+
+    Falls back to the native hop alone when that number would exceed ``limit``
+    (then chunk seams differ from a single pass by resampling error only).
+    """
+    step = native_hop
+    n = step
+    while n <= limit:
+        if (n * model_rate) % (sample_rate * model_hop) == 0:
+            return n
+        n += step
+    return native_hop
+
+
+def _progress_bar(meta: audio.AudioInfo, *, enabled: bool):
+    if not enabled or meta.duration < PROGRESS_MIN_SECONDS:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(
+        total=round(meta.duration, 2),
+        unit="s",
+        unit_scale=False,
+        desc=Path(meta.path).name,
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}, {rate_fmt}]",
+        leave=False,
+    )

@@ -1,0 +1,257 @@
+"""Audio files in and out: validation, block reading, atomic writing, resampling.
+
+Signals are ``float32`` arrays shaped ``[channels, time]``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from .errors import AudioError
+
+MIN_SAMPLE_RATE = 8000
+MAX_SAMPLE_RATE = 192000
+# how far above 1.0 the soft limiter lets no sample go, and where it starts bending
+LIMIT_CEILING = 0.999
+LIMIT_KNEE = 0.9
+
+# extension -> libsndfile major format, for the formats people use
+_FORMATS = {
+    ".wav": "WAV",
+    ".flac": "FLAC",
+    ".ogg": "OGG",
+    ".oga": "OGG",
+    ".opus": "OGG",
+    ".mp3": "MP3",
+    ".aiff": "AIFF",
+    ".aif": "AIFF",
+    ".caf": "CAF",
+    ".w64": "W64",
+    ".rf64": "RF64",
+    ".au": "AU",
+}
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What :func:`info` learns from a file's header."""
+
+    path: str
+    sample_rate: int
+    channels: int
+    frames: int
+    format: str
+    subtype: str
+
+    @property
+    def duration(self) -> float:
+        """Length in seconds."""
+        return self.frames / self.sample_rate
+
+
+def info(path: str | os.PathLike) -> AudioInfo:
+    """Header of an audio file, checked.
+
+    Raises
+    ------
+    AudioError
+        Missing file, a folder, an empty or unreadable file, no samples, or a
+        sample rate outside 8-192 kHz.
+    """
+    name = str(path)
+    p = Path(path)
+    if not p.exists():
+        raise AudioError(f"{name}: file not found")
+    if p.is_dir():
+        raise AudioError(f"{name}: is a folder, expected an audio file")
+    if p.stat().st_size == 0:
+        raise AudioError(f"{name}: file is empty")
+    try:
+        with sf.SoundFile(name) as fh:
+            result = AudioInfo(name, fh.samplerate, fh.channels, fh.frames, fh.format, fh.subtype)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        raise AudioError(f"{name}: not a readable audio file ({_reason(exc)})") from None
+    if result.channels < 1:
+        raise AudioError(f"{name}: has no channels")
+    if result.frames <= 0:
+        raise AudioError(f"{name}: holds no samples")
+    check_sample_rate(result.sample_rate, name=name)
+    return result
+
+
+def check_sample_rate(sample_rate: int, *, name: str = "input") -> None:
+    """Raise :class:`AudioError` if ``sample_rate`` is outside 8-192 kHz."""
+    if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise AudioError(
+            f"{name}: sample rate {sample_rate} Hz is outside the supported "
+            f"{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz"
+        )
+
+
+def check_signal(wav: np.ndarray, *, name: str = "input") -> None:
+    """Raise :class:`AudioError` if ``wav`` holds NaN or infinite samples."""
+    if not np.isfinite(wav).all():
+        raise AudioError(f"{name}: holds NaN or infinite samples")
+
+
+def load(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """Whole file as ``float32 [channels, time]`` and its sample rate."""
+    meta = info(path)
+    blocks = [block for _, block in read_blocks(path, meta.frames, meta=meta)]
+    return np.concatenate(blocks, axis=1), meta.sample_rate
+
+
+def read_segment(fh: sf.SoundFile, start: int, stop: int, *, name: str) -> np.ndarray:
+    """Samples ``[start, stop)`` of an open file as ``float32 [channels, time]``.
+
+    A file that ends early (truncated) or holds non-finite samples raises
+    :class:`AudioError`.
+    """
+    try:
+        fh.seek(start)
+        data = fh.read(stop - start, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        raise AudioError(f"{name}: read failed at sample {start} ({_reason(exc)})") from None
+    if data.shape[0] != stop - start:
+        raise AudioError(
+            f"{name}: file is truncated (header says {fh.frames} samples, "
+            f"reading stopped at {start + data.shape[0]})"
+        )
+    wav = np.ascontiguousarray(data.T)
+    check_signal(wav, name=name)
+    return wav
+
+
+def read_blocks(
+    path: str | os.PathLike, block_frames: int, *, meta: AudioInfo | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(start, block [channels, n])`` through a whole file."""
+    meta = meta or info(path)
+    with sf.SoundFile(str(path)) as fh:
+        for start in range(0, meta.frames, block_frames):
+            yield start, read_segment(fh, start, min(meta.frames, start + block_frames), name=meta.path)
+
+
+def output_format(path: str | os.PathLike, *, like: AudioInfo | None = None) -> tuple[str, str]:
+    """libsndfile ``(format, subtype)`` for writing ``path``.
+
+    The format follows the extension; the input's subtype is kept where that
+    format can hold it, else the format's default is used.
+    """
+    ext = Path(path).suffix.lower()
+    fmt = _FORMATS.get(ext)
+    if fmt is None:
+        known = ", ".join(sorted(_FORMATS))
+        raise AudioError(f"{path}: unknown output extension {ext or '(none)'!r}; use one of {known}")
+    subtype = sf.default_subtype(fmt)
+    if ext == ".opus":
+        subtype = "OPUS"
+    elif like is not None and sf.check_format(fmt, like.subtype):
+        subtype = like.subtype
+    return fmt, subtype
+
+
+class AtomicWriter:
+    """Write an audio file through a temp file that is renamed on success.
+
+    Use as a context manager; on any exception (or Ctrl-C) the temp file is
+    removed and ``path`` is left as it was.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        sample_rate: int,
+        channels: int,
+        format: str,
+        subtype: str,
+    ) -> None:
+        self.path = Path(path)
+        self.sample_rate = sample_rate
+        self.channels = channels
+        self.format = format
+        self.subtype = subtype
+        self._tmp: Path | None = None
+        self._fh: sf.SoundFile | None = None
+
+    def __enter__(self) -> AtomicWriter:
+        folder = self.path.parent
+        if not folder.is_dir():
+            raise AudioError(f"{self.path}: output folder {folder} does not exist")
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part" + self.path.suffix, dir=folder)
+        except OSError as exc:
+            raise AudioError(f"{self.path}: cannot write to {folder} ({exc.strerror or exc})") from None
+        os.close(fd)
+        self._tmp = Path(tmp)
+        try:
+            self._fh = sf.SoundFile(
+                tmp, "w", samplerate=self.sample_rate, channels=self.channels, format=self.format, subtype=self.subtype
+            )
+        except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
+            self._tmp.unlink(missing_ok=True)
+            raise AudioError(f"{self.path}: cannot write {self.format}/{self.subtype} ({_reason(exc)})") from None
+        return self
+
+    def write(self, block: np.ndarray) -> None:
+        """Append ``block [channels, n]``."""
+        assert self._fh is not None
+        try:
+            self._fh.write(np.ascontiguousarray(block.T))
+        except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+            raise AudioError(f"{self.path}: write failed ({_reason(exc)})") from None
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        assert self._fh is not None and self._tmp is not None
+        try:
+            self._fh.close()
+        except (sf.LibsndfileError, RuntimeError, OSError) as close_exc:
+            if exc_type is None:
+                self._tmp.unlink(missing_ok=True)
+                raise AudioError(f"{self.path}: write failed ({_reason(close_exc)})") from None
+        if exc_type is not None:
+            self._tmp.unlink(missing_ok=True)
+            return
+        try:
+            os.replace(self._tmp, self.path)
+        except OSError as os_exc:
+            self._tmp.unlink(missing_ok=True)
+            raise AudioError(f"{self.path}: cannot rename output into place ({os_exc.strerror})") from None
+
+
+def resample(wav: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """Resample ``wav [channels, time]`` with soxr (high quality)."""
+    if from_rate == to_rate:
+        return wav
+    out = soxr.resample(np.ascontiguousarray(wav.T), from_rate, to_rate, quality="HQ")
+    return np.ascontiguousarray(out.T, dtype=np.float32)
+
+
+def soft_limit(wav: np.ndarray, *, knee: float = LIMIT_KNEE, ceiling: float = LIMIT_CEILING) -> np.ndarray:
+    """Memoryless soft limiter: samples below ``knee`` pass unchanged, none exceed ``ceiling``.
+
+    Applied sample by sample, so it gives the same result in chunks or at once.
+    """
+    mag = np.abs(wav)
+    over = mag > knee
+    if not over.any():
+        return wav
+    out = wav.copy()
+    room = ceiling - knee
+    out[over] = np.sign(wav[over]) * (knee + room * np.tanh((mag[over] - knee) / room))
+    return out
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    reason = text[-1] if text else type(exc).__name__
+    return reason.split(": ", 1)[-1] if reason.startswith("Error opening") else reason

@@ -1,0 +1,1 @@
+"""Command-line front ends: ``denoise`` and ``audiodenoise``. No DSP here."""

@@ -1,0 +1,54 @@
+"""What every command shares: error reporting and exit codes.
+
+Exit codes: 0 every input succeeded, 1 an error (one line on stderr), 2 a
+usage error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Callable
+
+import typer
+
+from .. import __version__
+from ..errors import AudioDenoiseError
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def fail(prog: str, message: str, *, code: int = EXIT_ERROR) -> typer.Exit:
+    """Print ``prog: error: message`` on stderr; return the Exit to raise."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return typer.Exit(code)
+
+
+def run_guarded(prog: str, fn: Callable[[], int | None], *, verbose: bool) -> None:
+    """Run ``fn``; map errors to one line on stderr and an exit code."""
+    try:
+        code = fn()
+    except AudioDenoiseError as exc:
+        if verbose:
+            traceback.print_exc()
+        raise fail(prog, str(exc)) from None
+    except KeyboardInterrupt:
+        raise fail(prog, "interrupted; no partial output was left", code=EXIT_INTERRUPTED) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as exc:  # a bug: say so in one line, traceback on request
+        if verbose:
+            traceback.print_exc()
+        detail = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise fail(prog, f"internal error ({detail}); rerun with --verbose for a traceback") from None
+    if code:
+        raise typer.Exit(code)
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        print(f"audiodenoise {__version__}")
+        raise typer.Exit()

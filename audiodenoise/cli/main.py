@@ -1,0 +1,62 @@
+"""``audiodenoise``: train, prepare, evaluate, info and denoise."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .. import __version__
+from ..api import Denoiser, pretrained_path
+from ..model import count_parameters
+from . import denoise as denoise_cmd
+from ._common import run_guarded, version_callback
+
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    no_args_is_help=True,
+    help="audiodenoise: speech denoising. `denoise IN OUT` denoises a file.",
+)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    pass
+
+
+app.command("denoise", help="Denoise a file (same as the `denoise` command).")(denoise_cmd.denoise)
+
+
+@app.command(help="Describe a model file (default: the shipped model).")
+def info(
+    model: Annotated[Optional[Path], typer.Argument(help="Model file.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    def work() -> None:
+        denoiser = denoise_cmd.load_denoiser(model, device="cpu", atten_lim_db=None, limiter=True)
+        summary = {
+            "audiodenoise": __version__,
+            "model_file": str(model or pretrained_path()),
+            "parameters": count_parameters(denoiser.model),
+            "model": denoiser.model.config.to_dict(),
+            "features": denoiser.features.to_dict(),
+            "info": denoiser.info,
+        }
+        print(json.dumps(summary, indent=2))
+
+    run_guarded("audiodenoise", work, verbose=verbose)
+
+
+def main() -> None:
+    app(prog_name="audiodenoise")
+
+
+__all__ = ["Denoiser", "app", "main"]
