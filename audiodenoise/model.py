@@ -39,10 +39,10 @@ class ModelConfig:
 
     n_freqs: int = 257
     layout: str = "freq_channels"
-    channels: tuple[int, ...] = (256, 192)
+    channels: tuple[int, ...] = (256, 128)
     kernel_freq: int = 5
     kernel_time: int = 3
-    bottleneck_dilations: tuple[int, ...] = (1, 2, 4, 8, 16, 1, 2, 4, 8, 16)
+    bottleneck_dilations: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     negative_slope: float = 0.2
     skip: bool = True
     output: str = "mask"
@@ -167,7 +167,7 @@ class DenoisingAutoencoder(nn.Module):
             encoded.append(x)
             sizes.append(x.shape[2])
         x = self.bottleneck(x)
-        for level, block in zip(reversed(range(len(self.encoder))), self.decoder):
+        for level, block in zip(reversed(range(len(self.encoder))), self.decoder, strict=True):
             if self.config.skip:
                 x = torch.cat([x, encoded[level]], dim=1)
             x = block(x)

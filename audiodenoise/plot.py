@@ -34,7 +34,7 @@ def plot_before_after(noisy: str | os.PathLike, denoised: str | os.PathLike, png
     specs = [(label, _db_spectrogram(x, n_fft), sr) for label, x, sr in panels]
     vmax = max(float(s.max()) for _, s, _ in specs)
     fig, axes = plt.subplots(2, 1, figsize=(10, 6), sharex=True, constrained_layout=True)
-    for ax, (label, spec, sr) in zip(axes, specs):
+    for ax, (label, spec, sr) in zip(axes, specs, strict=True):
         seconds = spec.shape[1] * (n_fft // 4) / sr
         image = ax.imshow(
             spec, origin="lower", aspect="auto", cmap="magma", vmin=vmax - 90, vmax=vmax,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -12,6 +12,8 @@ from .. import __version__
 from ..api import Denoiser, pretrained_path
 from ..model import count_parameters
 from . import denoise as denoise_cmd
+from . import evaluate as evaluate_cmd
+from . import train as train_cmd
 from ._common import run_guarded, version_callback
 
 app = typer.Typer(
@@ -33,11 +35,14 @@ def _root(
 
 
 app.command("denoise", help="Denoise a file (same as the `denoise` command).")(denoise_cmd.denoise)
+app.command("prepare")(train_cmd.prepare)
+app.command("train")(train_cmd.train)
+app.command("evaluate", help="Score a model or denoised files: PESQ-WB, STOI, SI-SDR.")(evaluate_cmd.evaluate)
 
 
 @app.command(help="Describe a model file (default: the shipped model).")
 def info(
-    model: Annotated[Optional[Path], typer.Argument(help="Model file.")] = None,
+    model: Annotated[Path | None, typer.Argument(help="Model file.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     def work() -> None:

@@ -1,0 +1,88 @@
+"""``audiodenoise prepare`` and ``audiodenoise train``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._common import run_guarded
+
+PROG = "audiodenoise"
+
+
+def prepare(
+    clean: Annotated[list[Path], typer.Argument(help="Folders (or files) of clean speech.", show_default=False)],
+    noise: Annotated[list[Path], typer.Option("--noise", "-n", help="Noise folder or file (repeat the option).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to write (or resume).")],
+    segment_seconds: Annotated[float | None, typer.Option(help="Segment length [4].")] = None,
+    snr_min: Annotated[float | None, typer.Option(help="Lowest SNR in dB [-5].")] = None,
+    snr_max: Annotated[float | None, typer.Option(help="Highest SNR in dB [20].")] = None,
+    mixes: Annotated[int | None, typer.Option(help="Noisy versions of each segment [2].")] = None,
+    valid_fraction: Annotated[float | None, typer.Option(help="Share of speakers/files held out [0.05].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed [0].")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Mix clean speech with noise into (noisy, clean) log-magnitude pairs."""
+    from ..prepare import PrepareConfig
+    from ..prepare import prepare as run_prepare
+
+    def work() -> None:
+        overrides = dict(segment_seconds=segment_seconds, snr_db_min=snr_min, snr_db_max=snr_max,
+                         mixes_per_segment=mixes, valid_fraction=valid_fraction, seed=seed)
+        config = PrepareConfig.from_dict({**PrepareConfig().to_dict(), **{k: v for k, v in overrides.items()
+                                                                          if v is not None}})
+        summary = run_prepare(clean, noise, out, config=config, progress=not quiet,
+                              log=(lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr)))
+        skipped = summary.get("skipped", [])
+        print(json.dumps({k: v for k, v in summary.items() if k != "skipped"} | {"skipped_files": len(skipped)},
+                         indent=2))
+        for item in skipped[:20]:
+            reason = item["reason"] if item["skipped"] in item["reason"] else f"{item['skipped']}: {item['reason']}"
+            print(f"  skipped: {reason}", file=sys.stderr)
+        if len(skipped) > 20:
+            print(f"  ... and {len(skipped) - 20} more (see {out}/summary.json)", file=sys.stderr)
+
+    run_guarded(PROG, work, verbose=verbose)
+
+
+def train(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder from `audiodenoise prepare`.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (checkpoints, logs, model).")],
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out where it stopped.")] = False,
+    init: Annotated[Path | None, typer.Option(help="Start from this model file (fine-tuning).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs [10].")] = None,
+    steps_per_epoch: Annotated[int | None, typer.Option(help="Steps per epoch (0: one pass) [0].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Pairs per step and process [16].")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate [2e-3].")] = None,
+    loss: Annotated[str | None, typer.Option(help="compressed_mag, log_mag_l1 or compressed_mag+log.")] = None,
+    checkpoint_every: Annotated[int | None, typer.Option(help="Steps between checkpoints [500].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed [0].")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads per process.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Train the denoising autoencoder; also under `torchrun --nproc_per_node=N -m audiodenoise train`."""
+    import torch
+
+    from ..api import resolve_device
+    from ..training import fit, load_config
+
+    def work() -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        overrides = dict(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr, loss=loss,
+                         checkpoint_every=checkpoint_every, seed=seed)
+        cfg = load_config(config, overrides)
+        model = fit(dataset, out, cfg, resume=resume, init=init, device=resolve_device(device).type,
+                    progress=not quiet)
+        if not quiet:
+            print(f"best model: {model}", file=sys.stderr)
+
+    run_guarded(PROG, work, verbose=verbose)
