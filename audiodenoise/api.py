@@ -14,12 +14,13 @@ channels and full bandwidth. Content above 8 kHz gets the mask of the
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import soundfile as sf
@@ -148,23 +149,31 @@ class Denoiser:
         The same type, shape and (floating) dtype as ``wav``.
         """
         is_torch = isinstance(wav, torch.Tensor)
-        array = wav.detach().cpu().numpy() if is_torch else np.asarray(wav)
+        if is_torch:
+            # numpy has no bfloat16: widen any torch float to float32 (the output gets wav's dtype back)
+            array = (wav.detach().float() if wav.is_floating_point() else wav.detach()).cpu().numpy()
+        else:
+            array = np.asarray(wav)
         if array.ndim not in (1, 2):
             raise AudioError(f"expected a signal shaped [time] or [channels, time], got shape {array.shape}")
         if array.dtype.kind not in "fiu":
             raise AudioError(f"expected a numeric signal, got dtype {array.dtype}")
         if array.dtype.kind in "iu":
             raise AudioError(f"expected float samples in [-1, 1], got integer dtype {array.dtype}; scale it first")
+        audio.check_signal(array)  # before the cast: 1e300 in float64 is not "infinite"
         data = np.atleast_2d(array).astype(np.float32)
+        if data.shape[0] == 0:
+            raise AudioError(f"signal has no channels (shape {array.shape})")
         if data.shape[1] == 0:
             raise AudioError("signal holds no samples")
+        if not float(sample_rate).is_integer():
+            raise AudioError(f"sample rate must be a whole number of Hz, got {sample_rate!r}")
         audio.check_sample_rate(int(sample_rate))
-        audio.check_signal(data)
         out = process_array(data, self._chunk_fn(int(sample_rate)), **self._plan(int(sample_rate)))
-        out = out.reshape(array.shape).astype(array.dtype if array.dtype.kind == "f" else np.float32)
+        out = out.reshape(array.shape)
         if is_torch:
-            return torch.from_numpy(out).to(wav.device)
-        return out
+            return torch.from_numpy(out).to(device=wav.device, dtype=wav.dtype)
+        return out.astype(array.dtype, copy=False)
 
     # -- files -----------------------------------------------------------------
 
@@ -221,7 +230,7 @@ class Denoiser:
     def _plan(self, sample_rate: int) -> dict:
         """Chunk plan in samples at ``sample_rate``: chunk, context and grid alignment."""
         model_rate = self.features.sample_rate
-        native = self.features.for_rate(sample_rate)
+        native = native_features(self.features, sample_rate)
         rf_seconds = (
             self.model.config.receptive_frames * self.features.hop_length + self.features.n_fft
         ) / model_rate
@@ -235,6 +244,8 @@ class Denoiser:
     def _chunk_fn(self, sample_rate: int, *, integer_output: bool = False) -> Callable[[np.ndarray], np.ndarray]:
         def fn(segment: np.ndarray) -> np.ndarray:
             out = self._denoise_segment(segment, sample_rate)
+            if not np.isfinite(out).all():  # last guard: never write NaN (weights are checked on load)
+                raise ModelError("the model produced NaN or infinite samples; its weights may be broken")
             if self.limiter:
                 out = audio.soft_limit(out)
             elif integer_output:
@@ -248,15 +259,21 @@ class Denoiser:
         """Denoise ``segment [channels, n]`` at ``sample_rate`` in one pass."""
         model_rate = self.features.sample_rate
         length = segment.shape[1]
+        native = native_features(self.features, sample_rate)
+        if length < native.n_fft:
+            # shorter than one frame (a whole file that short): a few samples at 192 kHz
+            # resample to none at 16 kHz, so process one zero-padded frame and cut it back
+            segment = np.pad(segment, ((0, 0), (0, native.n_fft - length)))
         at_model_rate = audio.resample(segment, sample_rate, model_rate)
         mask = self.mask(torch.from_numpy(at_model_rate).to(self.device))
-        native = self.features.for_rate(sample_rate)
         wav = torch.from_numpy(segment).to(self.device)
         spec = stft(wav, config=native) if sample_rate != model_rate else stft(wav, config=self.features)
         if sample_rate != model_rate:
             mask = transfer_mask(mask, self.features, native, n_frames=spec.shape[-1])
-        out = istft(spec * mask, config=native if sample_rate != model_rate else self.features, length=length)
-        out = out.cpu().numpy()
+        out = istft(
+            spec * mask, config=native if sample_rate != model_rate else self.features, length=segment.shape[1]
+        )
+        out = out[:, :length].cpu().numpy()
         out[np.abs(out) < 1e-30] = 0.0  # no denormals
         return out
 
@@ -311,6 +328,26 @@ def transfer_mask(
     t_hi = (t_lo + 1).clamp(max=n_model_frames - 1)
     tw = (t - t_lo).to(mask.dtype)
     return by_freq[..., t_lo] * (1 - tw) + by_freq[..., t_hi] * tw
+
+
+def native_features(features: FeatureConfig, sample_rate: int) -> FeatureConfig:
+    """The STFT grid at ``sample_rate`` that the model's mask is applied on.
+
+    :meth:`FeatureConfig.for_rate` (same frame duration), with the hop shortened
+    where needed to divide the span after which the model's frames and the
+    native frames line up again (the chunk alignment). At 44.1 kHz the hop
+    becomes 294 samples instead of 353, so chunks align every 40 ms rather than
+    every 14 s, which would otherwise round each chunk's context up to 14 s.
+    """
+    if sample_rate == features.sample_rate:
+        return features
+    native = features.for_rate(sample_rate)
+    span = sample_rate * features.hop_length
+    step = span // math.gcd(span, features.sample_rate)  # samples per whole number of model hops
+    hop = max(d for d in range(1, native.hop_length + 1) if step % d == 0)
+    if hop == native.hop_length or 2 * hop < native.hop_length:  # already aligned, or no close divisor
+        return native
+    return dataclasses.replace(native, hop_length=hop)
 
 
 def _grid_alignment(sample_rate: int, native_hop: int, model_rate: int, model_hop: int, limit: int = 1 << 20) -> int:

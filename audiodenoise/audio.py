@@ -6,10 +6,11 @@ Signals are ``float32`` arrays shaped ``[channels, time]``.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import soundfile as sf
@@ -22,6 +23,16 @@ MAX_SAMPLE_RATE = 192000
 # how far above 1.0 the soft limiter lets no sample go, and where it starts bending
 LIMIT_CEILING = 0.999
 LIMIT_KNEE = 0.9
+# float samples beyond this are not audio (the STFT of 3e38 overflows to NaN); 1e12 leaves room for
+# float files written in integer scale (+-2**31)
+MAX_SAMPLE_MAGNITUDE = 1e12
+
+# libsndfile's log line for a WAV whose data chunk claims more bytes than the file holds
+_WAV_DATA_SHORT = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+# data sizes at or above this are the "length unknown" markers streaming writers leave in the header
+_WAV_SIZE_UNKNOWN = 0x7FFF0000
+# subtypes that may be carried into another container; codecs (VORBIS, OPUS, MPEG) belong to theirs
+_PORTABLE_SUBTYPES = ("PCM_", "FLOAT", "DOUBLE", "ULAW", "ALAW")
 
 # extension -> libsndfile major format, for the formats people use
 _FORMATS = {
@@ -77,8 +88,11 @@ def info(path: str | os.PathLike) -> AudioInfo:
     try:
         with sf.SoundFile(name) as fh:
             result = AudioInfo(name, fh.samplerate, fh.channels, fh.frames, fh.format, fh.subtype)
+            truncated = _wav_truncation(fh)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         raise AudioError(f"{name}: not a readable audio file ({_reason(exc)})") from None
+    if truncated:
+        raise AudioError(f"{name}: file is truncated ({truncated})")
     if result.channels < 1:
         raise AudioError(f"{name}: has no channels")
     if result.frames <= 0:
@@ -97,9 +111,12 @@ def check_sample_rate(sample_rate: int, *, name: str = "input") -> None:
 
 
 def check_signal(wav: np.ndarray, *, name: str = "input") -> None:
-    """Raise :class:`AudioError` if ``wav`` holds NaN or infinite samples."""
+    """Raise :class:`AudioError` if ``wav`` holds NaN, infinite or absurdly large samples."""
     if not np.isfinite(wav).all():
         raise AudioError(f"{name}: holds NaN or infinite samples")
+    peak = float(np.abs(wav).max(initial=0.0))
+    if peak > MAX_SAMPLE_MAGNITUDE:
+        raise AudioError(f"{name}: holds samples of magnitude {peak:.3g}, far beyond full scale (1.0); rescale it")
 
 
 def load(path: str | os.PathLike) -> tuple[np.ndarray, int]:
@@ -154,7 +171,11 @@ def output_format(path: str | os.PathLike, *, like: AudioInfo | None = None) -> 
     subtype = sf.default_subtype(fmt)
     if ext == ".opus":
         subtype = "OPUS"
-    elif like is not None and sf.check_format(fmt, like.subtype):
+    elif (
+        like is not None
+        and (like.format == fmt or like.subtype.startswith(_PORTABLE_SUBTYPES))
+        and sf.check_format(fmt, like.subtype)
+    ):
         subtype = like.subtype
     return fmt, subtype
 
@@ -193,6 +214,7 @@ class AtomicWriter:
             raise AudioError(f"{self.path}: cannot write to {folder} ({exc.strerror or exc})") from None
         os.close(fd)
         self._tmp = Path(tmp)
+        os.chmod(tmp, new_file_mode())  # mkstemp makes 0600; the output gets a normal file's mode
         try:
             self._fh = sf.SoundFile(
                 tmp, "w", samplerate=self.sample_rate, channels=self.channels, format=self.format, subtype=self.subtype
@@ -226,6 +248,26 @@ class AtomicWriter:
         except OSError as os_exc:
             self._tmp.unlink(missing_ok=True)
             raise AudioError(f"{self.path}: cannot rename output into place ({os_exc.strerror})") from None
+
+
+def new_file_mode() -> int:
+    """Permission bits of a newly created file under the current umask (``0o666 & ~umask``)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _wav_truncation(fh: sf.SoundFile) -> str | None:
+    """Why an open WAV file is truncated, from libsndfile's header log; None if it is whole."""
+    if fh.format not in ("WAV", "WAVEX"):
+        return None
+    match = _WAV_DATA_SHORT.search(fh.extra_info)
+    if match is None:
+        return None
+    declared, present = int(match[1]), int(match[2])
+    if declared <= present or declared >= _WAV_SIZE_UNKNOWN:
+        return None
+    return f"header says {declared} bytes of audio data, the file holds {present}"
 
 
 def resample(wav: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:

@@ -27,6 +27,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from . import __version__
+from .audio import new_file_mode
 from .errors import ConfigError, ModelError
 from .features import FeatureConfig
 from .model import DenoisingAutoencoder, ModelConfig
@@ -143,6 +144,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, new_file_mode())  # mkstemp makes 0600; the file gets a normal file's mode
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

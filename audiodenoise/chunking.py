@@ -10,8 +10,8 @@ whole signal at once, and an identity function returns the input exactly.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import numpy as np
 

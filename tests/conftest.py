@@ -13,6 +13,13 @@ from audiodenoise.checkpoint import save_model
 from audiodenoise.features import FeatureConfig
 from audiodenoise.model import DenoisingAutoencoder, ModelConfig
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """One torch thread per test process: the suite runs faster on a small, busy machine."""
+    torch.set_num_threads(1)
+
+
 # a small model that is quick on the CPU; same design as the shipped one
 TINY_MODEL = ModelConfig(channels=(32, 16), bottleneck_dilations=(1, 2))
 

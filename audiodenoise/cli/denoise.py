@@ -1,22 +1,25 @@
-"""``denoise IN OUT``: the inference command."""
+"""``denoise IN OUT``, ``denoise IN_DIR OUT_DIR``, ``denoise FILE... -o OUT_DIR``: the inference command."""
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
+from .. import batch
 from ..api import Denoiser
-from ._common import EXIT_USAGE, fail, run_guarded, version_callback
+from ..errors import ConfigError
+from ._common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, fail, run_guarded, version_callback
 
 PROG = "denoise"
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 
 
-def load_denoiser(model: Optional[Path], *, device: str, atten_lim_db: Optional[float], limiter: bool) -> Denoiser:
+def load_denoiser(model: Path | None, *, device: str, atten_lim_db: float | None, limiter: bool) -> Denoiser:
     """The shipped model, or the model file at ``model``."""
     options = dict(device=device, atten_lim_db=atten_lim_db, limiter=limiter)
     if model is None:
@@ -24,20 +27,69 @@ def load_denoiser(model: Optional[Path], *, device: str, atten_lim_db: Optional[
     return Denoiser.from_file(model, **options)
 
 
-@app.command(help="Denoise speech in an audio file: denoise IN OUT.")
+def denoiser_factory(model: Path | None, *, device: str, atten_lim_db: float | None, limiter: bool):
+    """A picklable function that loads the denoiser (each batch worker calls it once)."""
+    options = dict(device=device, atten_lim_db=atten_lim_db, limiter=limiter)
+    if model is None:
+        return functools.partial(Denoiser.from_pretrained, **options)
+    return functools.partial(Denoiser.from_file, model, **options)
+
+
+HELP = f"""Denoise speech in audio files.
+
+denoise IN OUT: one file (the output format follows OUT's extension).
+
+denoise IN_DIR OUT_DIR: every audio file under IN_DIR, recursively, to the
+same path under OUT_DIR. denoise FILE... -o OUT_DIR: each file to OUT_DIR.
+Outputs that exist are skipped (--overwrite redoes them), so after Ctrl-C or
+a failure the same command finishes the rest. Exit code 1 if any file failed.
+Default --jobs: usable CPUs, at most {batch.MAX_DEFAULT_JOBS}.
+"""
+
+
+@app.command(help=HELP)
 def denoise(
-    paths: Annotated[list[Path], typer.Argument(help="Input file and output file.", show_default=False)],
+    paths: Annotated[
+        list[Path],
+        typer.Argument(help="IN OUT, IN_DIR OUT_DIR, or input files with -o.", show_default=False, metavar="PATH"),
+    ],
+    output_dir: Annotated[
+        Path | None,
+        typer.Option("--output-dir", "-o", help="Folder for the outputs of the given files.", metavar="OUT_DIR"),
+    ] = None,
     model: Annotated[
-        Optional[Path], typer.Option("--model", "-m", help="Model file from `audiodenoise train` (default: shipped).")
+        Path | None, typer.Option("--model", "-m", help="Model file from `audiodenoise train` (default: shipped).")
     ] = None,
     atten_lim_db: Annotated[
-        Optional[float],
+        float | None,
         typer.Option("--atten-lim", "-a", help="Remove at most this many dB of noise (default: no limit).", min=0),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     limiter: Annotated[bool, typer.Option(help="Soft-limit the output so it never clips.")] = True,
     plot: Annotated[
-        Optional[Path], typer.Option(help="Write before/after spectrograms to this PNG.", dir_okay=False)
+        Path | None, typer.Option(help="Write before/after spectrograms to this PNG.", dir_okay=False)
+    ] = None,
+    jobs: Annotated[
+        int | None,
+        typer.Option("--jobs", "-j", help="Worker processes for a batch (default: usable CPUs, at most 4).", min=1,
+                     metavar="N"),
+    ] = None,
+    glob: Annotated[
+        list[str] | None,
+        typer.Option(help="Only files matching this pattern (repeatable), e.g. '*.wav', 'take?/**/*.flac'.",
+                     metavar="PATTERN"),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(help="Skip files and folders matching this pattern (repeatable).", metavar="PATTERN"),
+    ] = None,
+    format: Annotated[
+        str | None,
+        typer.Option("--format", help="Batch output format, e.g. flac or wav (default: the input's).", metavar="EXT"),
+    ] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(help="Write a report of every file to FILE.json or FILE.csv.", dir_okay=False, metavar="FILE"),
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", "-f", help="Replace an existing output.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or messages.")] = False,
@@ -46,8 +98,37 @@ def denoise(
         bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version.")
     ] = False,
 ) -> None:
+    if output_dir is not None or (len(paths) == 2 and paths[0].is_dir()):
+        if plot is not None:
+            raise fail(PROG, "--plot works on a single file (denoise IN OUT)", code=EXIT_USAGE)
+        patterns = dict(globs=glob or (), excludes=exclude or (), format=format)
+        try:
+            if output_dir is None:  # IN_DIR OUT_DIR
+                plan = batch.BatchPlan.from_folder(paths[0], paths[1], **patterns)
+            elif len(paths) == 1 and paths[0].is_dir():  # IN_DIR -o OUT_DIR
+                plan = batch.BatchPlan.from_folder(paths[0], output_dir, **patterns)
+            else:  # FILE... -o OUT_DIR
+                plan = batch.BatchPlan.from_files(paths, output_dir, **patterns)
+            if report is not None:
+                batch.check_report_path(report)
+        except ConfigError as exc:
+            raise fail(PROG, str(exc), code=EXIT_USAGE) from None
+        factory = denoiser_factory(model, device=device, atten_lim_db=atten_lim_db, limiter=limiter)
+        run_guarded(
+            PROG,
+            lambda: _run_batch(plan, factory, jobs=jobs, overwrite=overwrite, report=report, quiet=quiet,
+                               verbose=verbose),
+            verbose=verbose,
+        )
+        return
+    batch_only = [name for name, value in (("--jobs", jobs), ("--glob", glob), ("--exclude", exclude),
+                                           ("--format", format), ("--report", report)) if value]
     if len(paths) != 2:
-        raise fail(PROG, f"expected an input and an output path, got {len(paths)} path(s)", code=EXIT_USAGE)
+        raise fail(PROG, f"expected an input and an output path, got {len(paths)} path(s) "
+                   "(for several files: denoise FILE... -o OUT_DIR)", code=EXIT_USAGE)
+    if batch_only:
+        raise fail(PROG, f"{', '.join(batch_only)} apply to a folder or to -o OUT_DIR, not to one file",
+                   code=EXIT_USAGE)
     src, dst = paths
 
     def work() -> None:
@@ -62,6 +143,22 @@ def denoise(
                   file=sys.stderr)
 
     run_guarded(PROG, work, verbose=verbose)
+
+
+def _run_batch(plan: batch.BatchPlan, factory, *, jobs, overwrite, report, quiet, verbose) -> int:
+    summary = batch.run_batch(plan, factory, jobs=jobs, overwrite=overwrite, progress=not quiet, report=report)
+    if summary.total == 0 and not summary.stopped:
+        print(f"{PROG}: error: {plan.nothing_found()}", file=sys.stderr)
+        return EXIT_ERROR
+    if not quiet or summary.failed or summary.stopped:
+        print(summary.describe(), file=sys.stderr)
+    if verbose:
+        for failure in summary.failures:
+            if failure.detail:
+                print(f"{failure.src}:\n{failure.detail}", file=sys.stderr)
+    if summary.stopped:
+        return EXIT_INTERRUPTED
+    return EXIT_ERROR if summary.failed else 0
 
 
 def main() -> None:

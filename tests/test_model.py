@@ -1,0 +1,150 @@
+"""model: shapes, mask range, both layouts, and an exact receptive field."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from conftest import TINY_MODEL, make_model
+
+from audiodenoise.errors import ConfigError
+from audiodenoise.model import DenoisingAutoencoder, ModelConfig, count_parameters
+
+TINY_2D = dataclasses.replace(TINY_MODEL, layout="freq_conv2d", channels=(8, 16))
+
+CONFIGS = {
+    "freq_channels": TINY_MODEL,
+    "freq_channels_no_skip": dataclasses.replace(TINY_MODEL, skip=False),
+    "freq_channels_log_mag": dataclasses.replace(TINY_MODEL, output="log_mag"),
+    "freq_conv2d": TINY_2D,
+    "freq_conv2d_log_mag": dataclasses.replace(TINY_2D, output="log_mag"),
+    "freq_conv2d_129_bins": dataclasses.replace(TINY_2D, n_freqs=129),
+    "freq_conv2d_100_bins": dataclasses.replace(TINY_2D, n_freqs=100, kernel_freq=3),
+}
+
+
+def _input(config: ModelConfig, frames: int, *, seed: int = 0, batch: int = 2) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, config.n_freqs, frames, generator=generator) * 2 - 4
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_output_shape_equals_input_shape(name):
+    config = CONFIGS[name]
+    model = make_model(config)
+    for frames in (1, 2, 7, 50):
+        x = _input(config, frames)
+        with torch.no_grad():
+            out = model(x)
+        assert out.shape == x.shape, frames
+        assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ["freq_channels", "freq_channels_no_skip", "freq_conv2d", "freq_conv2d_129_bins"])
+def test_mask_is_in_unit_interval(name):
+    config = CONFIGS[name]
+    model = make_model(config)
+    x = _input(config, 40) * 10  # far outside the BatchNorm statistics
+    with torch.no_grad():
+        mask = model(x)
+    assert mask.min().item() >= 0.0 and mask.max().item() <= 1.0
+    assert mask.std().item() > 0  # a real function of the input, not a constant
+
+
+@pytest.mark.parametrize("name", ["freq_channels_log_mag", "freq_conv2d_log_mag"])
+def test_log_mag_output_is_a_residual_over_the_input(name):
+    config = CONFIGS[name]
+    model = make_model(config)
+    x = _input(config, 30)
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == x.shape
+    assert not torch.allclose(out, x)
+    # ``log_mag + correction``: zeroing the head leaves the input unchanged
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+        assert torch.equal(model(x), x)
+
+
+RF_CONFIGS = {
+    "tiny": TINY_MODEL,
+    "tiny_kernel5": dataclasses.replace(TINY_MODEL, kernel_time=5, bottleneck_dilations=(1, 3)),
+    "tiny_2d": TINY_2D,
+    "tiny_3_layers_no_skip": dataclasses.replace(TINY_MODEL, channels=(24, 16, 8), skip=False),
+    "default": ModelConfig(),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RF_CONFIGS))
+def test_receptive_frames_is_exact(name):
+    config = RF_CONFIGS[name]
+    rf = config.receptive_frames
+    # float64, so the faint influence of the receptive field's edge frames is far above rounding
+    model = make_model(config).double()
+    frames = 2 * rf + 9
+    t0 = frames // 2
+    x = _input(config, frames, batch=1).double()
+    with torch.no_grad():
+        base = model(x)[..., t0]
+
+        def change_at_t0(perturbed_frame: int) -> float:
+            y = x.clone()
+            y[..., perturbed_frame] += 3.0
+            return (model(y)[..., t0] - base).abs().max().item()
+
+        # just outside the receptive field on either side: no effect at all
+        assert change_at_t0(t0 + rf + 1) == 0.0
+        assert change_at_t0(t0 - rf - 1) == 0.0
+        # the edges of the receptive field: an effect (so rf is not an over-estimate)
+        assert change_at_t0(t0 + rf) > 1e-10
+        assert change_at_t0(t0 - rf) > 1e-10
+
+
+def test_receptive_frames_formula():
+    # encoder + decoder: one half-kernel per layer each; bottleneck: half-kernel times dilation
+    wide = ModelConfig(channels=(256, 192), bottleneck_dilations=(1, 2, 4, 8, 16, 1, 2, 4, 8, 16))
+    assert wide.receptive_frames == 2 * 2 * 1 + sum((1, 2, 4, 8, 16, 1, 2, 4, 8, 16))
+    assert dataclasses.replace(TINY_MODEL, kernel_time=5, bottleneck_dilations=(1, 3)).receptive_frames == 16
+
+
+def test_wrong_input_shape_is_refused():
+    model = make_model()
+    with pytest.raises(ValueError, match="expected \\[batch, 257, frames\\]"):
+        model(torch.zeros(1, 256, 10))
+    with pytest.raises(ValueError, match="expected"):
+        model(torch.zeros(257, 10))
+
+
+def test_config_dict_round_trip_and_unknown_keys():
+    config = dataclasses.replace(TINY_2D, output="log_mag", skip=False)
+    data = config.to_dict()
+    assert data["channels"] == [8, 16]  # JSON-able
+    assert ModelConfig.from_dict(data) == config
+    with pytest.raises(ConfigError, match="unknown key.*dropout"):
+        ModelConfig.from_dict({**data, "dropout": 0.1})
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"layout": "transformer"}, "layout must be one of"),
+        ({"output": "waveform"}, "output must be"),
+        ({"channels": ()}, "channels must be positive"),
+        ({"kernel_time": 4}, "must be odd"),
+        ({"bottleneck_dilations": (1, 0)}, "dilations must be positive"),
+        ({"layout": "freq_conv2d", "n_freqs": 4}, "too small"),
+    ],
+)
+def test_config_rejects_bad_values(changes, match):
+    with pytest.raises(ConfigError, match=match):
+        dataclasses.replace(TINY_MODEL, **changes)
+
+
+def test_count_parameters_counts_only_trainable_ones():
+    model = DenoisingAutoencoder(TINY_MODEL)
+    total = count_parameters(model)
+    assert total == sum(p.numel() for p in model.parameters())
+    model.head.requires_grad_(False)
+    assert count_parameters(model) == total - model.head.weight.numel() - model.head.bias.numel()
