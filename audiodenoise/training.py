@@ -58,6 +58,7 @@ class TrainConfig:
     grad_clip: float = 5.0
     loss: str = "compressed_mag"
     compress_power: float = 0.3
+    clean_input_prob: float = 0.0
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     valid_batches: int = 20
@@ -72,6 +73,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.clean_input_prob <= 1:
+            raise ConfigError(f"clean_input_prob must be in [0, 1], got {self.clean_input_prob}")
 
     def to_dict(self) -> dict:
         data = config_to_dict(self)
@@ -168,6 +171,21 @@ def batch_indices(step: int, *, n: int, batch_size: int, seed: int, rank: int = 
     return out
 
 
+def with_clean_inputs(
+    noisy: torch.Tensor, clean: torch.Tensor, prob: float, *, seed: int, step: int, rank: int = 0
+) -> torch.Tensor:
+    """Replace each item's input by its clean target with probability ``prob``.
+
+    Teaches the model to leave clean speech alone (prepared pairs never hold clean input).
+    The draw depends on seed, step and rank only, so resumed runs repeat it.
+    """
+    if prob <= 0:
+        return noisy
+    keep = np.random.default_rng([seed, step, rank, 1]).random(noisy.shape[0]) >= prob
+    mask = torch.from_numpy(keep).to(noisy.device)[:, None, None]
+    return torch.where(mask, noisy, clean)
+
+
 def fit(
     dataset_dir: str | os.PathLike,
     run_dir: str | os.PathLike,
@@ -241,6 +259,7 @@ def fit(
         idx = batch_indices(step, n=len(train_set), batch_size=config.batch_size, seed=config.seed,
                             rank=ddp.rank, world=ddp.world, _cache=cache)
         noisy, clean = (t.to(dev) for t in train_set.batch(idx))
+        noisy = with_clean_inputs(noisy, clean, config.clean_input_prob, seed=config.seed, step=step, rank=ddp.rank)
         t1 = time.perf_counter()
         loss = loss_fn(net(noisy), noisy, clean, config=config, features=features)
         if not torch.isfinite(loss):

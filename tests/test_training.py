@@ -171,3 +171,16 @@ def test_two_process_ddp_training(dataset, tmp_path):
     assert len(rows) == 1 and rows[0]["step"] == "3"  # one log, written by rank 0 only
     assert sorted(p.name for p in (run / "checkpoints").glob("*.pt")) == ["step-00000002.pt", "step-00000003.pt"]
     assert load_model(run / "model.safetensors").model.config == TINY_MODEL
+
+
+def test_clean_inputs_are_drawn_per_step_and_repeatable():
+    from audiodenoise.training import with_clean_inputs
+
+    noisy, clean = torch.zeros(64, 3, 5), torch.ones(64, 3, 5)
+    assert with_clean_inputs(noisy, clean, 0.0, seed=0, step=0) is noisy
+    assert torch.equal(with_clean_inputs(noisy, clean, 1.0, seed=0, step=0), clean)
+    half = with_clean_inputs(noisy, clean, 0.5, seed=0, step=3)
+    replaced = half[:, 0, 0].sum().item()
+    assert 16 < replaced < 48
+    assert torch.equal(half, with_clean_inputs(noisy, clean, 0.5, seed=0, step=3))
+    assert not torch.equal(half, with_clean_inputs(noisy, clean, 0.5, seed=0, step=4))
