@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -230,7 +231,18 @@ class AtomicWriter:
         try:
             self._fh.write(np.ascontiguousarray(block.T))
         except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-            raise AudioError(f"{self.path}: write failed ({_reason(exc)})") from None
+            raise AudioError(f"{self.path}: write failed ({self._write_reason(exc)})") from None
+
+    def _write_reason(self, exc: BaseException) -> str:
+        """libsndfile reports a full disk as "System error."; say what it is."""
+        reason = _reason(exc)
+        if not isinstance(exc, OSError):
+            try:
+                if shutil.disk_usage(self.path.parent).free < (1 << 20):
+                    return f"no space left on device; {reason}"
+            except OSError:
+                pass
+        return reason
 
     def __exit__(self, exc_type, exc, tb) -> None:
         assert self._fh is not None and self._tmp is not None
@@ -239,7 +251,7 @@ class AtomicWriter:
         except (sf.LibsndfileError, RuntimeError, OSError) as close_exc:
             if exc_type is None:
                 self._tmp.unlink(missing_ok=True)
-                raise AudioError(f"{self.path}: write failed ({_reason(close_exc)})") from None
+                raise AudioError(f"{self.path}: write failed ({self._write_reason(close_exc)})") from None
         if exc_type is not None:
             self._tmp.unlink(missing_ok=True)
             return

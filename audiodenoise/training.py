@@ -192,6 +192,7 @@ def fit(
     config: TrainConfig | None = None,
     *,
     resume: bool = False,
+    overrides: dict | None = None,
     init: str | os.PathLike | None = None,
     device: str = "cpu",
     progress: bool = True,
@@ -200,8 +201,9 @@ def fit(
 ) -> Path:
     """Train; return the path of the exported best model.
 
-    ``stop_after`` ends the run after that step's checkpoint, as if it had
-    been killed (used to test resuming).
+    With ``resume``, the run's saved config is used, with ``overrides`` (e.g.
+    more epochs) applied on top. ``stop_after`` ends the run after that step
+    (writing a checkpoint there), as if it had been stopped; resume it later.
     """
     run_dir = Path(run_dir)
     dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if device == "cuda" else torch.device(device)
@@ -210,7 +212,9 @@ def fit(
     if resume:
         if not config_path.is_file():
             raise TrainingError(f"{run_dir}: nothing to resume (no config.json)")
-        config = TrainConfig.from_dict(json.loads(config_path.read_text()))
+        config = TrainConfig.from_dict({**json.loads(config_path.read_text()), **(overrides or {})})
+        if ddp.main and overrides:
+            atomic_write_bytes(config_path, (json.dumps(config.to_dict(), indent=2) + "\n").encode())
     else:
         config = config or TrainConfig()
         if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("step-*.pt")):
@@ -296,9 +300,10 @@ def fit(
                                info={"step": step, "train_config": config.to_dict(), **_plain(metrics)})
                 log(f"epoch {metrics['epoch']}: " + ", ".join(f"{k} {v}" for k, v in metrics.items()
                                                               if k not in ("epoch",)))
-        if ddp.main and (step % config.checkpoint_every == 0 or epoch_end):
+        stopping = stop_after is not None and step >= stop_after
+        if ddp.main and (step % config.checkpoint_every == 0 or epoch_end or stopping):
             _save_checkpoint(run_dir, model, optimizer, scheduler, {**state, "step": step}, config)
-        if stop_after is not None and step >= stop_after:
+        if stopping:
             break
     if bar is not None:
         bar.close()

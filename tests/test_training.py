@@ -184,3 +184,15 @@ def test_clean_inputs_are_drawn_per_step_and_repeatable():
     assert 16 < replaced < 48
     assert torch.equal(half, with_clean_inputs(noisy, clean, 0.5, seed=0, step=3))
     assert not torch.equal(half, with_clean_inputs(noisy, clean, 0.5, seed=0, step=4))
+
+
+def test_stop_after_then_resume_with_more_epochs(dataset, tmp_path):
+    run = tmp_path / "run"
+    config = TrainConfig(**{**TINY_TRAIN.__dict__, "steps_per_epoch": 2, "checkpoint_every": 100})
+    fit(dataset, run, config, stop_after=3, **QUIET)
+    assert last_checkpoint(run)[0] == "step-00000003.pt"  # a stop always leaves a checkpoint
+    fit(dataset, run, resume=True, overrides={"epochs": 3, "clean_input_prob": 0.5}, **QUIET)
+    saved = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
+    assert (saved.epochs, saved.clean_input_prob) == (3, 0.5)
+    assert last_checkpoint(run)[0] == "step-00000006.pt"
+    assert [int(r["step"]) for r in csv.DictReader((run / "log.csv").open())] == [2, 4, 6]

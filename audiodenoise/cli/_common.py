@@ -6,7 +6,9 @@ usage error, 130 interrupted.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 
@@ -28,7 +30,14 @@ def fail(prog: str, message: str, *, code: int = EXIT_ERROR) -> typer.Exit:
 
 
 def run_guarded(prog: str, fn: Callable[[], int | None], *, verbose: bool) -> None:
-    """Run ``fn``; map errors to one line on stderr and an exit code."""
+    """Run ``fn``; map errors to one line on stderr and an exit code.
+
+    SIGTERM is handled like Ctrl-C (exit 130, temp files removed) instead of
+    killing the process with a temp file left beside the output.
+    """
+    old_sigterm = None
+    if threading.current_thread() is threading.main_thread():
+        old_sigterm = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         code = fn()
     except AudioDenoiseError as exc:
@@ -44,8 +53,15 @@ def run_guarded(prog: str, fn: Callable[[], int | None], *, verbose: bool) -> No
             traceback.print_exc()
         detail = f"{type(exc).__name__}: {exc}".splitlines()[0]
         raise fail(prog, f"internal error ({detail}); rerun with --verbose for a traceback") from None
+    finally:
+        if old_sigterm is not None:
+            signal.signal(signal.SIGTERM, old_sigterm)
     if code:
         raise typer.Exit(code)
+
+
+def _sigterm_as_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def version_callback(value: bool) -> None:

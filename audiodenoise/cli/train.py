@@ -54,13 +54,21 @@ def train(
     dataset: Annotated[Path, typer.Argument(help="Dataset folder from `audiodenoise prepare`.", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (checkpoints, logs, model).")],
     config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out where it stopped.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the run in --out where it stopped (options given here override its config).")
+    ] = False,
+    stop_after: Annotated[
+        int | None, typer.Option(help="Stop after this step (checkpointed); continue later with --resume.")
+    ] = None,
     init: Annotated[Path | None, typer.Option(help="Start from this model file (fine-tuning).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs [10].")] = None,
     steps_per_epoch: Annotated[int | None, typer.Option(help="Steps per epoch (0: one pass) [0].")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Pairs per step and process [16].")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate [2e-3].")] = None,
     loss: Annotated[str | None, typer.Option(help="compressed_mag, log_mag_l1 or compressed_mag+log.")] = None,
+    clean_input_prob: Annotated[
+        float | None, typer.Option(help="Share of items whose input is the clean target [0].")
+    ] = None,
     checkpoint_every: Annotated[int | None, typer.Option(help="Steps between checkpoints [500].")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed [0].")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
@@ -72,16 +80,20 @@ def train(
     import torch
 
     from ..api import resolve_device
+    from ..errors import ConfigError
     from ..training import fit, load_config
 
     def work() -> None:
         if threads:
             torch.set_num_threads(threads)
         overrides = dict(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr, loss=loss,
-                         checkpoint_every=checkpoint_every, seed=seed)
-        cfg = load_config(config, overrides)
-        model = fit(dataset, out, cfg, resume=resume, init=init, device=resolve_device(device).type,
-                    progress=not quiet)
+                         checkpoint_every=checkpoint_every, seed=seed, clean_input_prob=clean_input_prob)
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        if resume and config is not None:
+            raise ConfigError("--resume uses the run's saved config; give changes as options, not --config")
+        cfg = None if resume else load_config(config, overrides)
+        model = fit(dataset, out, cfg, resume=resume, overrides=overrides, init=init,
+                    device=resolve_device(device).type, progress=not quiet, stop_after=stop_after)
         if not quiet:
             print(f"best model: {model}", file=sys.stderr)
 
