@@ -56,6 +56,14 @@ def make_model(config: ModelConfig = TINY_MODEL, seed: int = 0) -> DenoisingAuto
     return model.eval()
 
 
+def passthrough_model() -> DenoisingAutoencoder:
+    """Mask 1 everywhere: the input comes back (with the STFT's overshoot on full-scale signals)."""
+    model = make_model()
+    with torch.no_grad():
+        model.head.bias.fill_(30.0)
+    return model
+
+
 @pytest.fixture(scope="session")
 def tiny_model_file(tmp_path_factory) -> Path:
     """A small model file (random weights) for tests that need any valid model."""

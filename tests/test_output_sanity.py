@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
-from conftest import make_model, speech_like, write_audio
+from conftest import make_model, passthrough_model, speech_like, write_audio
 from typer.testing import CliRunner
 
 from audiodenoise.api import Denoiser, pretrained_path
@@ -21,18 +20,10 @@ LIBRISPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech"
 CLEAN_SI_SDR_DB = 20.0
 
 
-def _boosting_model():
-    """Mask 1 everywhere: the input comes back, with the STFT's overshoot on a full-scale square wave."""
-    model = make_model()
-    with torch.no_grad():
-        model.head.bias.fill_(30.0)
-    return model
-
-
 @pytest.fixture(scope="module")
 def boosting_model_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("boost") / "boost.safetensors"
-    save_model(path, _boosting_model(), FeatureConfig())
+    save_model(path, passthrough_model(), FeatureConfig())
     return path
 
 
@@ -70,7 +61,7 @@ def test_without_limiter_integer_output_is_hard_clipped_not_wrapped(tmp_path, bo
     out, _ = sf.read(str(tmp_path / "out.wav"), dtype="float64", always_2d=True)
     # what the model gave, before writing: it overshoots full scale at every edge of the square wave
     loaded, _ = sf.read(str(src), dtype="float32", always_2d=True)
-    raw = Denoiser(_boosting_model(), FeatureConfig(), device="cpu", limiter=False).denoise(loaded.T, 16000).T
+    raw = Denoiser(passthrough_model(), FeatureConfig(), device="cpu", limiter=False).denoise(loaded.T, 16000).T
     assert (np.abs(raw) > 1.0).sum() > 100
     lsb = 2.0 ** (1 - int(subtype[4:]))
     assert np.abs(out - np.clip(raw, -1.0, 1.0)).max() <= 2 * lsb  # clipped: a wrapped sample would be off by ~2
@@ -94,7 +85,7 @@ def test_no_dc_offset_is_introduced(sample_rate, which):
     rng = np.random.default_rng(sample_rate)
     wav = speech_like(sample_rate, 2.0, channels=2, seed=3) + 0.05 * rng.standard_normal((2, 2 * sample_rate))
     wav = (wav - wav.mean(axis=1, keepdims=True)).astype(np.float32)
-    model = make_model() if which == "tiny" else _boosting_model()
+    model = make_model() if which == "tiny" else passthrough_model()
     out = Denoiser(model, FeatureConfig(), device="cpu", chunk_seconds=0.5).denoise(wav, sample_rate)
     assert np.abs(out.mean(axis=1)).max() < 1e-3
     assert np.abs(out.astype(np.float64).mean(axis=1)).max() < 1e-3 * np.abs(out).max()
@@ -118,7 +109,7 @@ def _quiet_signals(sample_rate: int) -> dict[str, np.ndarray]:
 def test_no_denormals_in_the_output(name, dtype):
     sample_rate = 48000  # resampled to the model's 16 kHz and back: more places to make denormals
     wav = _quiet_signals(sample_rate)[name].astype(dtype)
-    for model in (make_model(), _boosting_model()):
+    for model in (make_model(), passthrough_model()):
         out = Denoiser(model, FeatureConfig(), device="cpu", chunk_seconds=0.5).denoise(wav, sample_rate)
         nonzero = np.abs(out)[out != 0]
         assert nonzero.size == 0 or nonzero.min() > 1e-30, nonzero.min()
