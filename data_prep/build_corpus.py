@@ -47,7 +47,8 @@ import numpy as np
 import soundfile as sf
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_LIBRISPEECH = Path("/work/shared/data/speech/librispeech-train-clean-100")
+# ../shared beside the repository root
+DEFAULT_LIBRISPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech" / "librispeech-train-clean-100"
 KINDS = ("speech", "noise", "music")
 AUDIO_SUFFIXES = (".ogg", ".wav", ".flac")
 STATS_VERSION = 1

@@ -33,6 +33,10 @@ def evaluate(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the full JSON report here.")] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Processes scoring pairs in parallel.", min=1)] = 1,
     device: Annotated[str, typer.Option(help="Device the model runs on: auto, cpu or cuda.")] = "cpu",
+    atten_lim_db: Annotated[
+        float | None,
+        typer.Option("--atten-lim", "-a", help="Attenuation limit in dB for the model (as in denoise).", min=0),
+    ] = None,
     name: Annotated[str | None, typer.Option(help="Label of the system's row in the table.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or messages.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks on errors.")] = False,
@@ -49,7 +53,7 @@ def evaluate(
         denoiser = None
         label = name
         if denoised is None:
-            denoiser = load_denoiser(model, device=device, atten_lim_db=None, limiter=True)
+            denoiser = load_denoiser(model, device=device, atten_lim_db=atten_lim_db, limiter=True)
             label = label or f"audiodenoise ({model.name if model is not None else 'shipped model'})"
         report = ev.evaluate(
             noisy, clean, denoiser=denoiser, denoised_dir=denoised, pairs_csv=pairs_csv,
