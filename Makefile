@@ -32,6 +32,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_inference.py
+	$(BIN)/python bench/bench_batch.py
+	$(BIN)/python bench/bench_training.py
 
 data: $(STAMP)
 	$(BIN)/python data_prep/build_corpus.py

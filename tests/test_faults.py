@@ -149,9 +149,13 @@ def test_real_full_disk(tmp_path, tiny_disk, tiny_model_file, ext):
 
 
 def _denoise_process(src: Path, dst: Path, model: Path, *extra: str) -> subprocess.Popen:
-    """``denoise SRC DST`` in a subprocess, in 0.25 s chunks so it takes a while."""
+    """``denoise SRC DST`` in a subprocess, in 0.25 s chunks paced at 0.2 s each, so a signal always
+    arrives mid-file however fast the machine is (240 chunks: about 50 s if left alone)."""
     code = (
-        "from audiodenoise.api import Denoiser; Denoiser.__init__.__kwdefaults__['chunk_seconds'] = 0.25; "
+        "import time; from audiodenoise.api import Denoiser; "
+        "Denoiser.__init__.__kwdefaults__['chunk_seconds'] = 0.25; "
+        "segment = Denoiser._denoise_segment; "
+        "Denoiser._denoise_segment = lambda self, *a: (time.sleep(0.2), segment(self, *a))[1]; "
         "from audiodenoise.cli.denoise import main; main()"
     )
     return subprocess.Popen(
