@@ -151,7 +151,10 @@ def test_real_full_disk(tmp_path, tiny_disk, tiny_model_file, ext):
 def _denoise_process(src: Path, dst: Path, model: Path, *extra: str) -> subprocess.Popen:
     """``denoise SRC DST`` in a subprocess, in 0.25 s chunks paced at 0.2 s each, so a signal always
     arrives mid-file however fast the machine is (240 chunks: about 50 s if left alone)."""
+    # a runner started as a background job passes SIGINT on as ignored, and Python then installs no
+    # Ctrl-C handler: restore the one a foreground terminal gives
     code = (
+        "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
         "import time; from audiodenoise.api import Denoiser; "
         "Denoiser.__init__.__kwdefaults__['chunk_seconds'] = 0.25; "
         "segment = Denoiser._denoise_segment; "
