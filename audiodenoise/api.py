@@ -273,12 +273,10 @@ class Denoiser:
         at_model_rate = audio.resample(segment, sample_rate, model_rate)
         mask = self.mask(torch.from_numpy(at_model_rate).to(self.device))
         wav = torch.from_numpy(segment).to(self.device)
-        spec = stft(wav, config=native) if sample_rate != model_rate else stft(wav, config=self.features)
+        spec = stft(wav, config=native)  # native is self.features at the model's own rate
         if sample_rate != model_rate:
             mask = transfer_mask(mask, self.features, native, n_frames=spec.shape[-1])
-        out = istft(
-            spec * mask, config=native if sample_rate != model_rate else self.features, length=segment.shape[1]
-        )
+        out = istft(spec * mask, config=native, length=segment.shape[1])
         out = out[:, :length].cpu().numpy()
         out[np.abs(out) < 1e-30] = 0.0  # no denormals
         return out

@@ -212,7 +212,7 @@ def prepare(
             skipped.extend(_make_shard(out, index, shards[index], bank, config, features))
         noise_names = set(map(str, noise_files))
         _write_json(out / "noise_skipped.json", [dataclasses.asdict(s) for s in skipped if s.path in noise_names])
-    summary = _summarize(out, len(shards), features, noise_files)
+    summary = _summarize(out, len(shards), config, noise_files)
     return summary
 
 
@@ -388,13 +388,12 @@ def _check_or_write_header(out: Path, header: dict) -> None:
     _write_json(path, header)
 
 
-def _summarize(out: Path, n_shards: int, features: FeatureConfig, noise_files: list[Path]) -> dict:
+def _summarize(out: Path, n_shards: int, config: PrepareConfig, noise_files: list[Path]) -> dict:
     pairs: Counter = Counter()
     seconds: Counter = Counter()
     clean_files: set = set()
     skipped = []
     manifest = []
-    frames_seconds = None
     for index in range(n_shards):
         for line in (out / "shards" / f"{index:05d}.jsonl").read_text().splitlines():
             row = json.loads(line)
@@ -410,14 +409,12 @@ def _summarize(out: Path, n_shards: int, features: FeatureConfig, noise_files: l
                 seconds[row["split"]] += source["seconds"]
     noise_log = out / "noise_skipped.json"
     noise_skipped = json.loads(noise_log.read_text()) if noise_log.exists() else []
-    header = json.loads((out / "dataset.json").read_text())
-    frames_seconds = header["prepare"]["segment_seconds"]
     atomic_write_bytes(out / "manifest.jsonl", ("\n".join(manifest) + "\n").encode())
     summary = {
         "pairs": dict(pairs),
-        "pair_hours": round(sum(pairs.values()) * frames_seconds / 3600, 3),
-        "speech_hours_train": round(seconds["train"] / 3600 / header["prepare"]["mixes_per_segment"], 3),
-        "speech_hours_valid": round(seconds["valid"] / 3600 / header["prepare"]["mixes_per_segment"], 3),
+        "pair_hours": round(sum(pairs.values()) * config.segment_seconds / 3600, 3),
+        "speech_hours_train": round(seconds["train"] / 3600 / config.mixes_per_segment, 3),
+        "speech_hours_valid": round(seconds["valid"] / 3600 / config.mixes_per_segment, 3),
         "clean_files_used": len(clean_files),
         "noise_files": len(noise_files),
         "skipped": skipped + [{"skipped": s["path"], "reason": s["reason"]} for s in noise_skipped],
