@@ -34,6 +34,8 @@ _WAV_DATA_SHORT = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULT
 _WAV_SIZE_UNKNOWN = 0x7FFF0000
 # subtypes that may be carried into another container; codecs (VORBIS, OPUS, MPEG) belong to theirs
 _PORTABLE_SUBTYPES = ("PCM_", "FLOAT", "DOUBLE", "ULAW", "ALAW")
+_OGG_TAIL_BYTES = 1 << 17  # an Ogg page is at most 65,307 bytes
+_DEEP_SUBTYPES = {"PCM_24", "PCM_32", "FLOAT", "DOUBLE"}
 
 # extension -> libsndfile major format, for the formats people use
 _FORMATS = {
@@ -89,7 +91,7 @@ def info(path: str | os.PathLike) -> AudioInfo:
     try:
         with sf.SoundFile(name) as fh:
             result = AudioInfo(name, fh.samplerate, fh.channels, fh.frames, fh.format, fh.subtype)
-            truncated = _wav_truncation(fh)
+            truncated = _wav_truncation(fh) or _ogg_truncation(p, fh)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         raise AudioError(f"{name}: not a readable audio file ({_reason(exc)})") from None
     if truncated:
@@ -178,7 +180,31 @@ def output_format(path: str | os.PathLike, *, like: AudioInfo | None = None) -> 
         and sf.check_format(fmt, like.subtype)
     ):
         subtype = like.subtype
+    elif like is not None and like.subtype in _DEEP_SUBTYPES:
+        # 32-bit or float input to a format that cannot hold it (FLAC): the deepest integer PCM it can
+        subtype = next((s for s in ("PCM_24", "PCM_16") if sf.check_format(fmt, s)), subtype)
     return fmt, subtype
+
+
+def missing_folders(path: str | os.PathLike) -> list[Path]:
+    """The folders above ``path`` that do not exist yet, deepest first."""
+    missing = []
+    folder = Path(path).absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) while they are empty; stop at the first that is not."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return
 
 
 class AtomicWriter:
@@ -280,6 +306,28 @@ def _wav_truncation(fh: sf.SoundFile) -> str | None:
     if declared <= present or declared >= _WAV_SIZE_UNKNOWN:
         return None
     return f"header says {declared} bytes of audio data, the file holds {present}"
+
+
+def _ogg_truncation(path: Path, fh: sf.SoundFile) -> str | None:
+    """Why an Ogg file (Vorbis, Opus, FLAC in Ogg) is truncated; None if it is whole.
+
+    libsndfile reads a cut Ogg file without complaint, as a shorter one. A cut
+    almost always falls inside a page; one exactly at a page boundary is not
+    caught, as some encoders never set the end-of-stream flag that would tell.
+    """
+    if fh.format != "OGG":
+        return None
+    with open(path, "rb") as raw:
+        raw.seek(max(0, path.stat().st_size - _OGG_TAIL_BYTES))
+        tail = raw.read()
+    start = tail.rfind(b"OggS")
+    if start < 0 or len(tail) < start + 27:
+        return "the file ends inside an Ogg page"
+    n_segments = tail[start + 26]
+    table = tail[start + 27 : start + 27 + n_segments]
+    if len(table) < n_segments or len(tail) < start + 27 + n_segments + sum(table):
+        return "the file ends inside an Ogg page"
+    return None
 
 
 def resample(wav: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:

@@ -52,7 +52,8 @@ STEP = {"PCM_16": 2.0**-15, "PCM_24": 2.0**-23, "PCM_32": 2.0**-31, "FLOAT": 0.0
         ("in.wav", "PCM_32", "out.wav", "WAV", "PCM_32"),
         ("in.wav", "FLOAT", "out.wav", "WAV", "FLOAT"),
         ("in.wav", "PCM_24", "out.flac", "FLAC", "PCM_24"),
-        ("in.wav", "FLOAT", "out.flac", "FLAC", "PCM_16"),  # FLAC has no float: its default
+        ("in.wav", "FLOAT", "out.flac", "FLAC", "PCM_24"),  # FLAC has no float: its deepest PCM
+        ("in.wav", "PCM_32", "out.flac", "FLAC", "PCM_24"),
         ("in.flac", "PCM_24", "out.flac", "FLAC", "PCM_24"),
         ("in.flac", "PCM_16", "out.wav", "WAV", "PCM_16"),
         ("in.wav", "PCM_24", "out.aiff", "AIFF", "PCM_24"),
@@ -108,8 +109,10 @@ def test_subtype_can_be_chosen(tmp_path, denoiser):
     [
         ("WAV", "PCM_24", "x.wav", ("WAV", "PCM_24")),
         ("WAV", "PCM_24", "x.FLAC", ("FLAC", "PCM_24")),
-        ("WAV", "PCM_32", "x.flac", ("FLAC", "PCM_16")),
-        ("WAV", "FLOAT", "x.flac", ("FLAC", "PCM_16")),
+        ("WAV", "PCM_32", "x.flac", ("FLAC", "PCM_24")),
+        ("WAV", "FLOAT", "x.flac", ("FLAC", "PCM_24")),
+        ("WAV", "DOUBLE", "x.flac", ("FLAC", "PCM_24")),
+        ("WAV", "FLOAT", "x.ogg", ("OGG", "VORBIS")),
         ("FLAC", "PCM_16", "x.ogg", ("OGG", "VORBIS")),
         ("OGG", "VORBIS", "x.wav", ("WAV", "PCM_16")),
         ("OGG", "VORBIS", "x.ogg", ("OGG", "VORBIS")),
@@ -222,6 +225,19 @@ def test_truncated_flac_fails_while_reading(tmp_path, denoiser):
         denoiser.denoise_file(src, tmp_path / "out.wav")
     assert not (tmp_path / "out.wav").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.flac"]
+
+
+@pytest.mark.parametrize("subtype", ["VORBIS", "OPUS"])
+@pytest.mark.parametrize("keep", [0.5, 0.99])
+def test_truncated_ogg_is_refused(tmp_path, subtype, keep):
+    # libsndfile reads a cut Ogg file as a shorter one, without an error
+    src = write_audio(tmp_path / "in.ogg", speech_like(48000, 3.0, seed=3), 48000, subtype)
+    whole = audio.info(src).frames
+    assert whole >= 48000 * 3 - 1000
+    src.write_bytes(src.read_bytes()[: int(src.stat().st_size * keep)])
+    refused = "in.ogg: (file is truncated \\(the file ends inside an Ogg page|not a readable)"
+    with pytest.raises(AudioError, match=refused):
+        audio.info(src)
 
 
 @pytest.mark.parametrize("declared", [0xFFFFFFFF, 0x7FFFFFFF])

@@ -260,6 +260,23 @@ def test_output_folder_refusing_writes(tmp_path, src, tiny_model_file, monkeypat
     assert snapshot(tmp_path) == before
 
 
+def test_a_failed_run_removes_the_folders_it_made(tmp_path, tiny_model_file):
+    # a FLAC cut in half passes the header check and fails while reading, after the output folders exist
+    src = write_audio(tmp_path / "in.flac", speech_like(16000, 2.0, seed=3), 16000)
+    src.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
+    (tmp_path / "out").mkdir()
+    assert_one_error_line(run(src, tmp_path / "out" / "new" / "deeper" / "x.wav", "--model", tiny_model_file),
+                          "in.flac")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.flac", "out"]  # the folder that was there stays
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_run_creates_missing_output_folders(tmp_path, src, tiny_model_file):
+    dst = tmp_path / "new" / "deeper" / "x.wav"
+    assert run(src, dst, "--model", tiny_model_file).exit_code == 0
+    assert sf.info(str(dst)).frames == sf.info(str(src)).frames
+
+
 def test_output_under_a_file_instead_of_a_folder(tmp_path, src, tiny_model_file):
     assert_one_error_line(run(src, src / "out.wav", "--model", tiny_model_file), "cannot create output folder")
 

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from .. import batch
+from .. import audio, batch
 from ..api import Denoiser
 from ..errors import ConfigError
 from ._common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, fail, run_guarded, version_callback
@@ -130,10 +130,15 @@ def denoise(
         raise fail(PROG, f"{', '.join(batch_only)} apply to a folder or to -o OUT_DIR, not to one file",
                    code=EXIT_USAGE)
     src, dst = paths
+    new_folders = audio.missing_folders(dst)
 
     def work() -> None:
         denoiser = load_denoiser(model, device=device, atten_lim_db=atten_lim_db, limiter=limiter)
-        result = denoiser.denoise_file(src, dst, overwrite=overwrite, progress=not quiet)
+        try:
+            result = denoiser.denoise_file(src, dst, overwrite=overwrite, progress=not quiet)
+        except BaseException:  # nothing left behind: not even the folders made for the output
+            audio.remove_empty_folders(new_folders)
+            raise
         if plot is not None:
             from ..plot import plot_before_after
 
