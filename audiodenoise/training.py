@@ -3,6 +3,7 @@
 Run folder::
 
     config.json                 the resolved TrainConfig
+    features.json               the dataset's FeatureConfig (for ``export_checkpoint``)
     checkpoints/step-N.pt       training state (tensors and plain values only)
     log.csv, loss.png           per-epoch losses and PESQ / STOI / SI-SDR
     model.safetensors           the best model so far, in the ``denoise --model`` format
@@ -41,6 +42,7 @@ from .model import DenoisingAutoencoder, ModelConfig, count_parameters
 
 LOSSES = ("compressed_mag", "log_mag_l1", "compressed_mag+log")
 CHECKPOINT_VERSION = 1
+FEATURES_FILE = "features.json"
 
 
 @dataclass(frozen=True)
@@ -248,6 +250,7 @@ def fit(
     elif ddp.main:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(config_path, (json.dumps(config.to_dict(), indent=2) + "\n").encode())
+        atomic_write_bytes(run_dir / FEATURES_FILE, (json.dumps(features.to_dict(), indent=2) + "\n").encode())
     net = torch.nn.parallel.DistributedDataParallel(model) if ddp.world > 1 else model
     if ddp.main:
         log(f"train: {len(train_set)} training pairs, {len(valid_set)} validation pairs, "
@@ -403,6 +406,53 @@ def _load_latest_checkpoint(run_dir: Path, model, optimizer, scheduler, log) -> 
         log(f"resuming from {path.name} (step {state['step']})")
         return state
     raise TrainingError(f"{run_dir}: every checkpoint is unreadable; cannot resume")
+
+
+def export_checkpoint(run_dir: str | os.PathLike, out: str | os.PathLike, *, step: int | None = None,
+                      overwrite: bool = False) -> Path:
+    """Write the weights of one checkpoint of a run as a model file.
+
+    ``fit`` exports the epoch with the best validation score; this exports any
+    kept checkpoint instead (``step``; default: the latest), e.g. to compare
+    checkpoints on a larger set of your own.
+
+    Returns
+    -------
+    The path written.
+    """
+    run_dir, out = Path(run_dir), Path(out)
+    if out.exists() and not overwrite:
+        raise TrainingError(f"{out}: already exists; pass --overwrite to replace it")
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise TrainingError(f"{run_dir}: not a training run (no config.json)")
+    config = TrainConfig.from_dict(json.loads(config_path.read_text()))
+    kept = {int(p.stem.split("-")[1]): p for p in (run_dir / "checkpoints").glob("step-*.pt")}
+    if not kept:
+        raise TrainingError(f"{run_dir}: no checkpoint to export")
+    chosen = max(kept) if step is None else step
+    if chosen not in kept:
+        raise TrainingError(f"{run_dir}: no checkpoint at step {step}; kept steps: "
+                            + ", ".join(str(s) for s in sorted(kept)))
+    try:
+        payload = torch.load(kept[chosen], map_location="cpu", weights_only=True)
+        model = DenoisingAutoencoder(config.model)
+        model.load_state_dict(payload["model"])
+    except Exception as exc:
+        raise TrainingError(f"{kept[chosen]}: unreadable checkpoint ({type(exc).__name__})") from None
+    save_model(out, model, _run_features(run_dir),
+               info={"step": chosen, "train_config": config.to_dict(), "checkpoint": kept[chosen].name})
+    return out
+
+
+def _run_features(run_dir: Path) -> FeatureConfig:
+    """The feature configuration of a run (runs from before ``features.json`` have it in their model file)."""
+    path = run_dir / FEATURES_FILE
+    if path.is_file():
+        return FeatureConfig.from_dict(json.loads(path.read_text()))
+    if (run_dir / "model.safetensors").is_file():
+        return load_model(run_dir / "model.safetensors").features
+    raise TrainingError(f"{run_dir}: no {FEATURES_FILE}; cannot tell the run's feature configuration")
 
 
 def _log_epoch(run_dir: Path, metrics: dict) -> None:

@@ -14,7 +14,7 @@ from audiodenoise.api import Denoiser
 from audiodenoise.checkpoint import load_model
 from audiodenoise.errors import TrainingError
 from audiodenoise.prepare import PrepareConfig, prepare
-from audiodenoise.training import TrainConfig, batch_indices, fit, load_config
+from audiodenoise.training import TrainConfig, batch_indices, export_checkpoint, fit, load_config
 
 TINY_TRAIN = TrainConfig(model=TINY_MODEL, batch_size=4, epochs=2, warmup_steps=2, checkpoint_every=2,
                          valid_batches=2, valid_audio_pairs=1)
@@ -149,6 +149,11 @@ def test_cli_prepare_train_resume_denoise_end_to_end(tmp_path):
     assert r.returncode == 1 and "--resume" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = _cli("train", str(ds), "--out", str(run), "--resume", "--quiet")
     assert r.returncode == 0, r.stderr
+    r = _cli("export", str(run), str(tmp_path / "last.safetensors"), "--step", "3")
+    assert r.returncode == 1 and "kept steps: " in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = _cli("export", str(run), str(tmp_path / "last.safetensors"))
+    assert r.returncode == 0, r.stderr
+    assert load_model(tmp_path / "last.safetensors").info["step"] == 4
     noisy = write_audio(tmp_path / "noisy.wav", speech_like(16000, 2.0, seed=9), 16000)
     r = subprocess.run([Path(sys.executable).parent / "denoise", "--model", str(run / "model.safetensors"),
                         str(noisy), str(tmp_path / "out.wav"), "--quiet"], capture_output=True, text=True)
@@ -196,3 +201,36 @@ def test_stop_after_then_resume_with_more_epochs(dataset, tmp_path):
     assert (saved.epochs, saved.clean_input_prob) == (3, 0.5)
     assert last_checkpoint(run)[0] == "step-00000006.pt"
     assert [int(r["step"]) for r in csv.DictReader((run / "log.csv").open())] == [2, 4, 6]
+
+
+def test_export_writes_any_kept_checkpoint(dataset, tmp_path):
+    run = tmp_path / "run"
+    fit(dataset, run, TINY_TRAIN, **QUIET)
+    kept = sorted(int(p.stem.split("-")[1]) for p in (run / "checkpoints").glob("step-*.pt"))
+    assert len(kept) >= 2
+    for step in (kept[0], None):
+        out = export_checkpoint(run, tmp_path / f"{step}.safetensors", step=step)
+        chosen = step if step is not None else kept[-1]
+        saved = torch.load(run / "checkpoints" / f"step-{chosen:08d}.pt", weights_only=True)["model"]
+        loaded = load_model(out)
+        assert loaded.info["step"] == chosen
+        assert loaded.features == load_model(run / "model.safetensors").features
+        for key, value in saved.items():
+            assert torch.equal(loaded.model.state_dict()[key], value), key
+    # the first and last checkpoints hold different weights: the step is honoured
+    first, last = weights(tmp_path / f"{kept[0]}.safetensors"), weights(tmp_path / "None.safetensors")
+    assert any(not torch.equal(first[k], last[k]) for k in first)
+
+
+def test_export_errors(dataset, tmp_path):
+    run = tmp_path / "run"
+    fit(dataset, run, TINY_TRAIN, **QUIET)
+    with pytest.raises(TrainingError, match="no checkpoint at step 999; kept steps: "):
+        export_checkpoint(run, tmp_path / "m.safetensors", step=999)
+    (tmp_path / "m.safetensors").write_bytes(b"keep")
+    with pytest.raises(TrainingError, match="already exists"):
+        export_checkpoint(run, tmp_path / "m.safetensors")
+    assert (tmp_path / "m.safetensors").read_bytes() == b"keep"
+    with pytest.raises(TrainingError, match="not a training run"):
+        export_checkpoint(tmp_path / "nowhere", tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists()

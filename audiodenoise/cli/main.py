@@ -1,4 +1,4 @@
-"""``audiodenoise``: train, prepare, evaluate, info and denoise."""
+"""``audiodenoise``: denoise, prepare, train, export, evaluate and info."""
 
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ def _root(
 app.command("denoise", help="Denoise a file (same as the `denoise` command).")(denoise_cmd.denoise)
 app.command("prepare")(train_cmd.prepare)
 app.command("train")(train_cmd.train)
+app.command("export")(train_cmd.export)
 app.command("evaluate", help="Score a model or denoised files: PESQ-WB, STOI, SI-SDR.")(evaluate_cmd.evaluate)
 
 

@@ -98,3 +98,20 @@ def train(
             print(f"best model: {model}", file=sys.stderr)
 
     run_guarded(PROG, work, verbose=verbose)
+
+
+def export(
+    run: Annotated[Path, typer.Argument(help="Run folder of `audiodenoise train`.", show_default=False)],
+    out: Annotated[Path, typer.Argument(help="Model file to write (.safetensors).", show_default=False)],
+    step: Annotated[int | None, typer.Option(help="Checkpoint step (default: the latest).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", "-f", help="Replace an existing file.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Write one checkpoint of a training run as a model file for `denoise --model`."""
+    from ..training import export_checkpoint
+
+    def work() -> None:
+        path = export_checkpoint(run, out, step=step, overwrite=overwrite)
+        print(f"wrote {path}", file=sys.stderr)
+
+    run_guarded(PROG, work, verbose=verbose)
