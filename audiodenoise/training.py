@@ -216,10 +216,10 @@ def fit(
             raise TrainingError(f"{run_dir}: nothing to resume (no config.json)")
         config = TrainConfig.from_dict({**json.loads(config_path.read_text()), **(overrides or {})})
         if ddp.main and overrides:
-            atomic_write_bytes(config_path, (json.dumps(config.to_dict(), indent=2) + "\n").encode())
+            _write_json(config_path, config.to_dict())
     else:
         config = config or TrainConfig()
-        if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("step-*.pt")):
+        if _checkpoints(run_dir):
             raise TrainingError(f"{run_dir}: holds a training run; pass --resume to continue it, or another --out")
     train_set = PairsDataset(dataset_dir, "train")
     valid_set = PairsDataset(dataset_dir, "valid")
@@ -249,8 +249,8 @@ def fit(
         state = _load_latest_checkpoint(run_dir, model, optimizer, scheduler, log)
     elif ddp.main:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(config_path, (json.dumps(config.to_dict(), indent=2) + "\n").encode())
-        atomic_write_bytes(run_dir / FEATURES_FILE, (json.dumps(features.to_dict(), indent=2) + "\n").encode())
+        _write_json(config_path, config.to_dict())
+        _write_json(run_dir / FEATURES_FILE, features.to_dict())
     net = torch.nn.parallel.DistributedDataParallel(model) if ddp.world > 1 else model
     if ddp.main:
         log(f"train: {len(train_set)} training pairs, {len(valid_set)} validation pairs, "
@@ -385,12 +385,14 @@ def _save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: dict, co
     tmp = folder / f".{path.name}.tmp"
     torch.save(payload, tmp)
     os.replace(tmp, path)
-    for old in sorted(folder.glob("step-*.pt"))[: -config.keep_checkpoints]:
-        old.unlink(missing_ok=True)
+    kept = _checkpoints(run_dir)
+    for old in sorted(kept)[: -config.keep_checkpoints]:
+        kept[old].unlink(missing_ok=True)
 
 
 def _load_latest_checkpoint(run_dir: Path, model, optimizer, scheduler, log) -> dict:
-    candidates = sorted((run_dir / "checkpoints").glob("step-*.pt"), reverse=True)
+    kept = _checkpoints(run_dir)
+    candidates = [kept[step] for step in sorted(kept, reverse=True)]
     if not candidates:
         raise TrainingError(f"{run_dir}: no checkpoint to resume from")
     for path in candidates:
@@ -427,7 +429,7 @@ def export_checkpoint(run_dir: str | os.PathLike, out: str | os.PathLike, *, ste
     if not config_path.is_file():
         raise TrainingError(f"{run_dir}: not a training run (no config.json)")
     config = TrainConfig.from_dict(json.loads(config_path.read_text()))
-    kept = {int(p.stem.split("-")[1]): p for p in (run_dir / "checkpoints").glob("step-*.pt")}
+    kept = _checkpoints(run_dir)
     if not kept:
         raise TrainingError(f"{run_dir}: no checkpoint to export")
     chosen = max(kept) if step is None else step
@@ -443,6 +445,15 @@ def export_checkpoint(run_dir: str | os.PathLike, out: str | os.PathLike, *, ste
     save_model(out, model, _run_features(run_dir),
                info={"step": chosen, "train_config": config.to_dict(), "checkpoint": kept[chosen].name})
     return out
+
+
+def _checkpoints(run_dir: Path) -> dict[int, Path]:
+    """The run's kept checkpoint files by step."""
+    return {int(p.stem.split("-")[1]): p for p in (run_dir / "checkpoints").glob("step-*.pt")}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
 def _run_features(run_dir: Path) -> FeatureConfig:

@@ -12,11 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import passthrough_model
 
 from audiodenoise.api import Denoiser, pretrained_path, pretrained_sha256
 from audiodenoise.checkpoint import load_model, sha256_file
 from audiodenoise.errors import ModelError
 from audiodenoise.evaluate import si_sdr
+from audiodenoise.features import FeatureConfig
 
 REPO = Path(__file__).resolve().parents[1]
 FULLBAND = Path(__file__).resolve().parents[2] / "shared" / "eval" / "fullband"
@@ -170,10 +172,6 @@ def test_shipped_model_loads_from_an_installed_wheel(shipped, tmp_path):
 @pytest.mark.parametrize("name", ["speech-female.wav", "speech-male.wav"])
 def test_the_pipeline_keeps_content_above_the_model_nyquist(name):
     """With a mask of 1, a 44.1 kHz file comes back with its 8-22 kHz content: no low-pass at 8 kHz."""
-    from conftest import passthrough_model
-
-    from audiodenoise.features import FeatureConfig
-
     path = FULLBAND / name
     if not path.is_file():
         pytest.skip(f"{path} not found")
@@ -182,4 +180,3 @@ def test_the_pipeline_keeps_content_above_the_model_nyquist(name):
     low_in, high_in = _band_energies_db(wav.T, sample_rate)
     low_out, high_out = _band_energies_db(out, sample_rate)
     assert abs(high_out - high_in) <= 0.1 and abs(low_out - low_in) <= 0.1
-
