@@ -123,3 +123,17 @@ def test_chunk_alignment_stays_short_at_44_1_khz_rates(sample_rate):
     plan = Denoiser(make_model(), FeatureConfig(), device="cpu")._plan(sample_rate)
     assert plan["align"] <= 0.05 * sample_rate
     assert plan["context"] <= 2 * sample_rate
+
+
+def test_denoiser_chunked_equals_one_pass_with_the_crn_layout():
+    from audiodenoise.model import ModelConfig
+
+    config = ModelConfig(layout="crn", channels=(4, 8), kernel_freq=3, bottleneck_channels=24,
+                         bottleneck_dilations=(1, 2, 4))
+    wav = speech_like(16000, 3.0, seed=3)
+    wav += 0.02 * np.random.default_rng(2).standard_normal(wav.shape).astype(np.float32)
+    model, features = make_model(config), FeatureConfig()
+    a = Denoiser(model, features, device="cpu", chunk_seconds=100.0).denoise(wav, 16000)
+    b = Denoiser(model, features, device="cpu", chunk_seconds=0.5).denoise(wav, 16000)
+    assert np.abs(a - wav).max() > 1e-2
+    assert np.abs(a - b).max() < 1e-4
