@@ -98,6 +98,10 @@ def format_card(card: dict[str, Any]) -> str:
         lines.append("data       not recorded in the model file")
     if info.get("licence"):
         lines.append(f"licence    {info['licence']}")
+    if not (info.get("dev_scores") or {}).get("model") and all(isinstance(info.get(m), (int, float))
+                                                               for m in ("pesq_wb", "stoi", "si_sdr")):
+        lines.append(f"validation PESQ-WB {info['pesq_wb']:.2f}, STOI {info['stoi']:.3f}, "
+                     f"SI-SDR {info['si_sdr']:.1f} dB on the run's validation pairs (training's own check)")
     lines.append("dev scores " + _scores_line(info.get("dev_scores")))
     lines.append("more       audiodenoise info --json" + ("; MODEL_CARD.md beside the model file" if card["shipped"]
                                                          else ""))
@@ -107,7 +111,7 @@ def format_card(card: dict[str, Any]) -> str:
 def _training_line(info: dict[str, Any]) -> str:
     steps = info.get("total_steps")
     if steps is None and info.get("step") is not None:
-        text = f"{info['step']:,} steps in its last run (earlier runs not recorded)"
+        text = f"{info['step']:,} steps in the run that wrote it (steps of a model it was fine-tuned from not counted)"
     elif steps is None:
         return "not recorded in the model file"
     else:

@@ -45,6 +45,7 @@ table.sortable th{cursor:pointer;user-select:none}table.sortable th[aria-sort=as
 table.sortable th[aria-sort=descending]::after{content:" \\25BC"}
 .pair{margin:1em 0 1.6em}.clips{display:flex;gap:10px;flex-wrap:wrap}
 .clip{border:1px solid #ddd;padding:6px;background:#fafafa}.clip img{display:block;width:288px}
+#files td:first-child{white-space:nowrap}
 .clip audio{width:288px;margin-top:4px}.clip b{font-size:.95em}
 """
 

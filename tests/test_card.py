@@ -63,6 +63,16 @@ def test_a_trained_model_file_shows_its_own_metadata(tmp_path):
     assert "DOES NOT MATCH" in _info(path)[1]
 
 
+def test_a_run_export_shows_its_step_and_validation_scores(tmp_path):
+    path = tmp_path / "run.safetensors"
+    save_model(path, make_model(), FeatureConfig(),
+               info={"step": 1600, "pesq_wb": 1.91, "stoi": 0.823, "si_sdr": 10.27, "valid_loss": 0.014})
+    code, text = _info(path)
+    assert code == 0, text
+    assert "1,600 steps in the run that wrote it" in text
+    assert "validation PESQ-WB 1.91, STOI 0.823, SI-SDR 10.3 dB" in text
+
+
 def test_a_model_file_without_card_facts_says_so(tiny_model_file):
     code, text = _info(tiny_model_file)
     assert code == 0, text

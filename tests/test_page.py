@@ -123,6 +123,10 @@ def test_html_refuses_an_input_folder_and_an_existing_foreign_folder(evalset, tm
 def test_csv_and_html_are_not_replaced_without_overwrite(evalset, tmp_path):
     base = ["evaluate", "--noisy", str(evalset / "noisy"), "--clean", str(evalset / "clean"),
             "--denoised", str(evalset / "other"), "--quiet", "--listen", "0"]
+    pairs_before = (evalset / "pairs.csv").read_text()
+    result = CliRunner().invoke(app, [*base, "--csv", str(evalset / "pairs.csv"), "--overwrite"])  # the input
+    assert result.exit_code == 1 and "is an input" in result.output
+    assert (evalset / "pairs.csv").read_text() == pairs_before
     existing = tmp_path / "pairs.csv"
     existing.write_text("old\n")
     os.chmod(existing, 0o600)
