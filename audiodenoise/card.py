@@ -38,9 +38,7 @@ def model_card(path: str | os.PathLike | None = None) -> dict[str, Any]:
     denoiser = Denoiser.from_pretrained(device="cpu") if shipped else Denoiser.from_file(model_file, device="cpu")
     info = dict(denoiser.info)
     if shipped:
-        sidecar = json.loads(resources.files(PRETRAINED_PACKAGE).joinpath(SIDECAR_FILE).read_text())
-        sidecar.pop("about", None)
-        info = {**sidecar, **info}
+        info = {**_sidecar(), **info}
     digest = sha256_file(model_file)
     expected = pretrained_sha256() if shipped else _expected_sha256(model_file)
     model_config, features = denoiser.model.config, denoiser.features
@@ -59,6 +57,16 @@ def model_card(path: str | os.PathLike | None = None) -> dict[str, Any]:
         "features": features.to_dict(),
         "info": info,
     }
+
+
+def _sidecar() -> dict[str, Any]:
+    """The shipped model's ``model-info.json`` (empty if this installation lacks it)."""
+    try:
+        data = json.loads(resources.files(PRETRAINED_PACKAGE).joinpath(SIDECAR_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    data.pop("about", None)
+    return data
 
 
 def _expected_sha256(path: Path) -> str | None:
