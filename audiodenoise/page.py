@@ -43,8 +43,8 @@ table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding
 th{background:#f3f3f3}td.l,th.l{text-align:left}.muted{color:#777}.up{color:#176d17}.down{color:#b02020}
 table.sortable th{cursor:pointer;user-select:none}table.sortable th[aria-sort=ascending]::after{content:" \\25B2"}
 table.sortable th[aria-sort=descending]::after{content:" \\25BC"}
-.pair{margin:1em 0 1.6em}.clips{display:flex;gap:10px;flex-wrap:wrap}
-.clip{border:1px solid #ddd;padding:6px;background:#fafafa}.clip img{display:block;width:288px}
+.pair{margin:1em 0 1.6em}.clips{display:flex;gap:10px;overflow-x:auto}
+.clip{flex:0 0 288px;border:1px solid #ddd;padding:6px;background:#fafafa}.clip img{display:block;width:288px}
 #files td:first-child{white-space:nowrap}
 .clip audio{width:288px;margin-top:4px}.clip b{font-size:.95em}
 """
@@ -282,15 +282,15 @@ def _listening_section(report: dict[str, Any], chosen: list[tuple[str, str]], me
         signals = report["_signals"][pair_id]
         row = rows[pair_id]
         versions = [("noisy input", "noisy", row["noisy"])]
-        versions += [(name, name, row["systems"][name]["processed"]) for name in names]
+        versions += [(name, name, {**row["systems"][name]["processed"], **row["systems"][name]}) for name in names]
         versions.append(("clean reference", "clean", None))
         clips = []
         for label, key, scores in versions:
             stem = f"{index:02d}-{_slug(pair_id)}-{_slug(key)}"
             _write_flac(media / f"{stem}.flac", signals[key])
             spectrogram_png(signals[key], SAMPLE_RATE, media / f"{stem}.png")
-            detail = (" &middot; ".join(f"{METRIC_LABELS[m]} {_fmt(scores[m], DIGITS[m])}" for m in METRICS)
-                      if scores else "&nbsp;")
+            shown = [m for m in (*METRICS, *DECOMPOSITION) if scores and scores.get(m) is not None]
+            detail = " &middot; ".join(f"{METRIC_LABELS[m]} {_fmt(scores[m], DIGITS[m])}" for m in shown) or "&nbsp;"
             clips.append(f'<div class=clip><b>{_e(label)}</b><br><span class=muted>{detail}</span>'
                          f'<img src="media/{stem}.png" alt="spectrogram of {_e(label)}">'
                          f'<audio controls preload=metadata src="media/{stem}.flac"></audio></div>')
