@@ -1,4 +1,4 @@
-"""Pictures: before/after spectrograms (``denoise --plot``), the listening page's spectrograms, training curves.
+"""Pictures: before/after spectrograms (``denoise --plot``) and the listening page's spectrograms.
 
 Spectrograms are in dBFS: 0 dB is the level of a full-scale sine, so pictures
 of different files share one scale. Above 16 kHz the frequency axis is
@@ -10,7 +10,6 @@ imported on first use only: ``denoise`` without ``--plot`` never loads them.
 from __future__ import annotations
 
 import io
-import math
 import os
 from pathlib import Path
 
@@ -136,47 +135,6 @@ def colour_bar_png(png: str | os.PathLike) -> None:
         norm = mpl.colors.Normalize(*DB_RANGE)
         fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap="magma"), cax=ax, orientation="horizontal",
                      label=DB_LABEL)
-        save_figure(fig, png, dpi=80)
-    finally:
-        plt.close(fig)
-
-
-def plot_training_curves(rows: list[dict], png: str | os.PathLike) -> None:
-    """Training curves: train/validation loss, and validation PESQ-WB, STOI and SI-SDR, against step.
-
-    Parameters
-    ----------
-    rows : dicts with ``step`` and any of ``train_loss``, ``valid_loss``,
-        ``pesq_wb``, ``stoi``, ``si_sdr`` (numbers or numeric strings as read
-        from ``log.csv``; missing, empty or ``nan`` values are gaps)
-    png : where the picture goes (written atomically)
-    """
-    _, plt = _libraries()
-
-    def series(key: str) -> list[float]:
-        out = []
-        for row in rows:
-            try:
-                out.append(float(row.get(key)))
-            except (TypeError, ValueError):
-                out.append(math.nan)
-        return out
-
-    steps = [int(float(r["step"])) for r in rows]
-    panels = [("loss", ("train_loss", "valid_loss")), ("PESQ-WB", ("pesq_wb",)), ("STOI", ("stoi",)),
-              ("SI-SDR (dB)", ("si_sdr",))]
-    fig, axes = plt.subplots(1, 4, figsize=(14, 3.2), constrained_layout=True)
-    try:
-        for ax, (label, keys) in zip(axes, panels, strict=True):
-            for key in keys:
-                values = series(key)
-                if any(math.isfinite(v) for v in values):
-                    ax.plot(steps, values, marker="o", markersize=3, label=key.replace("_", " "))
-            ax.set_xlabel("step")
-            ax.set_title(label if label == "loss" else f"validation {label}")
-            ax.grid(alpha=0.3)
-            if label == "loss" and ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=8)
         save_figure(fig, png, dpi=80)
     finally:
         plt.close(fig)

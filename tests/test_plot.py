@@ -1,4 +1,4 @@
-"""Pictures: dBFS scale, frequency axis by rate, the removed-noise panel, training curves."""
+"""Pictures: dBFS scale, frequency axis by rate, the removed-noise panel."""
 
 from __future__ import annotations
 
@@ -50,20 +50,6 @@ def test_before_after_has_three_panels_in_dbfs(tmp_path, monkeypatch, sample_rat
     assert all(ax.get_yscale() == yscale for ax in panels)
     assert "dBFS" in colour_bar.get_ylabel() and "full-scale sine" in colour_bar.get_ylabel()
     assert not list(tmp_path.glob(".*"))  # written through a temp file
-
-
-def test_training_curves_plot_every_series_against_step(tmp_path, monkeypatch):
-    figures = _captured(monkeypatch)
-    rows = [{"step": "100", "train_loss": "0.5", "valid_loss": "", "pesq_wb": "1.5", "stoi": "0.8", "si_sdr": "5"},
-            {"step": 200, "train_loss": 0.4, "valid_loss": 0.45, "pesq_wb": 1.6, "stoi": 0.82, "si_sdr": "nan"}]
-    plot.plot_training_curves(rows, tmp_path / "curves.png")
-    (fig,) = figures
-    loss, pesq, stoi, si_sdr = fig.axes
-    assert [line.get_label() for line in loss.get_lines()] == ["train loss", "valid loss"]
-    np.testing.assert_array_equal(loss.get_lines()[0].get_xdata(), [100, 200])
-    np.testing.assert_array_equal(pesq.get_lines()[0].get_ydata(), [1.5, 1.6])
-    assert len(stoi.get_lines()) == 1 and len(si_sdr.get_lines()) == 1
-    assert (tmp_path / "curves.png").stat().st_size > 1000
 
 
 def test_plot_help_says_what_it_shows():
