@@ -46,7 +46,7 @@ table.sortable th[aria-sort=descending]::after{content:" \\25BC"}
 .pair{margin:1em 0 1.6em}.clips{display:flex;gap:10px;overflow-x:auto}
 .clip{flex:0 0 288px;border:1px solid #ddd;padding:6px;background:#fafafa}.clip img{display:block;width:288px}
 #files td:first-child{white-space:nowrap}
-.clip audio{width:288px;margin-top:4px}.clip b{font-size:.95em}
+.clip .scores{display:block;min-height:4.3em}.clip audio{width:288px;margin-top:4px}.clip b{font-size:.95em}
 """
 
 _SCRIPT = """
@@ -291,7 +291,7 @@ def _listening_section(report: dict[str, Any], chosen: list[tuple[str, str]], me
             spectrogram_png(signals[key], SAMPLE_RATE, media / f"{stem}.png")
             shown = [m for m in (*METRICS, *DECOMPOSITION) if scores and scores.get(m) is not None]
             detail = " &middot; ".join(f"{METRIC_LABELS[m]} {_fmt(scores[m], DIGITS[m])}" for m in shown) or "&nbsp;"
-            clips.append(f'<div class=clip><b>{_e(label)}</b><br><span class=muted>{detail}</span>'
+            clips.append(f'<div class=clip><b>{_e(label)}</b><span class="muted scores">{detail}</span>'
                          f'<img src="media/{stem}.png" alt="spectrogram of {_e(label)}">'
                          f'<audio controls preload=metadata src="media/{stem}.flac"></audio></div>')
         snr = "" if row["snr_db"] is None else f", input SNR {row['snr_db']:g} dB"
