@@ -178,6 +178,38 @@ class Denoiser:
             return torch.from_numpy(out).to(device=wav.device, dtype=wav.dtype)
         return out.astype(array.dtype, copy=False)
 
+    def apply_mask(self, wav_for_mask, wav_to_filter, sample_rate: int) -> np.ndarray:
+        """Filter ``wav_to_filter`` with the mask the model computes from ``wav_for_mask``.
+
+        The output of :meth:`denoise` is this mask times the noisy STFT, so it is
+        linear in the filtered signal: with ``noisy = clean + noise``,
+        ``apply_mask(noisy, clean) + apply_mask(noisy, noise)`` is the denoised
+        output before the limiter. No limiter is applied here.
+
+        Parameters
+        ----------
+        wav_for_mask, wav_to_filter : ndarray, same shape, [channels, time] or [time]
+        sample_rate : int
+
+        Returns
+        -------
+        float32 ndarray shaped like ``wav_to_filter``
+        """
+        source = np.atleast_2d(np.asarray(wav_for_mask, dtype=np.float32))
+        target = np.atleast_2d(np.asarray(wav_to_filter, dtype=np.float32))
+        if source.shape != target.shape or source.ndim != 2 or source.shape[1] == 0:
+            raise AudioError(f"expected two non-empty signals of one shape, got {source.shape} and {target.shape}")
+        audio.check_sample_rate(int(sample_rate))
+        n = source.shape[0]
+
+        def fn(segment: np.ndarray) -> np.ndarray:  # [mask source; target] stacked by channel
+            out = self._denoise_segment(segment[:n], int(sample_rate), target=segment[n:])
+            return np.concatenate([segment[:n], out])
+
+        stacked = np.concatenate([source, target])
+        out = process_array(stacked, fn, **self._plan(int(sample_rate)))[n:]
+        return out.reshape(np.shape(wav_to_filter))
+
     # -- files -----------------------------------------------------------------
 
     def denoise_file(
@@ -258,11 +290,19 @@ class Denoiser:
         return fn
 
     @torch.inference_mode()
-    def _denoise_segment(self, segment: np.ndarray, sample_rate: int) -> np.ndarray:
-        """Denoise ``segment [channels, n]`` at ``sample_rate`` in one pass."""
+    def _denoise_segment(self, segment: np.ndarray, sample_rate: int, target: np.ndarray | None = None) -> np.ndarray:
+        """Denoise ``segment [channels, n]`` at ``sample_rate`` in one pass.
+
+        With ``target`` (same shape), the mask computed from ``segment`` is
+        applied to ``target`` instead.
+        """
         if segment.shape[0] > CHANNEL_GROUP:  # channels are independent: a few at a time
             groups = range(0, segment.shape[0], CHANNEL_GROUP)
-            return np.concatenate([self._denoise_segment(segment[i : i + CHANNEL_GROUP], sample_rate) for i in groups])
+            return np.concatenate([
+                self._denoise_segment(segment[i : i + CHANNEL_GROUP], sample_rate,
+                                      None if target is None else target[i : i + CHANNEL_GROUP])
+                for i in groups
+            ])
         model_rate = self.features.sample_rate
         length = segment.shape[1]
         native = native_features(self.features, sample_rate)
@@ -270,9 +310,11 @@ class Denoiser:
             # shorter than one frame (a whole file that short): a few samples at 192 kHz
             # resample to none at 16 kHz, so process one zero-padded frame and cut it back
             segment = np.pad(segment, ((0, 0), (0, native.n_fft - length)))
+            if target is not None:
+                target = np.pad(target, ((0, 0), (0, native.n_fft - length)))
         at_model_rate = audio.resample(segment, sample_rate, model_rate)
         mask = self.mask(torch.from_numpy(at_model_rate).to(self.device))
-        wav = torch.from_numpy(segment).to(self.device)
+        wav = torch.from_numpy(segment if target is None else np.ascontiguousarray(target)).to(self.device)
         spec = stft(wav, config=native)  # native is self.features at the model's own rate
         if sample_rate != model_rate:
             mask = transfer_mask(mask, self.features, native, n_frames=spec.shape[-1])

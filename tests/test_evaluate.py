@@ -295,8 +295,26 @@ def test_cli_mismatched_folders_are_one_line_and_exit_1(dataset, tmp_path):
     assert not out.exists()
 
 
-def test_cli_model_and_denoised_together_is_a_usage_error(dataset, tiny_model_file):
+def test_cli_puts_a_model_and_other_tools_folders_on_one_table(dataset, tiny_model_file, tmp_path):
+    out = tmp_path / "report.json"
     result = _cli("--noisy", dataset / "noisy", "--clean", dataset / "clean", "--model", tiny_model_file,
-                  "--denoised", dataset / "noisy")
-    assert result.exit_code == 2
-    assert "not both" in result.output
+                  "--denoised", f"tool A={dataset / 'noisy'}", "--denoised", f"tool B={dataset / 'noisy'}",
+                  "--out", out, "-q")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert [line.split(" | ")[0] for line in lines[2:]] == [
+        "| noisy input (no processing)", "| audiodenoise (tiny.safetensors)", "| tool A", "| tool B"]
+    report = json.loads(out.read_text())
+    assert [s["name"] for s in report["systems"]] == ["audiodenoise (tiny.safetensors)", "tool A", "tool B"]
+    assert report["system"] == "audiodenoise (tiny.safetensors)"  # the first system is also the top level
+    for row in report["files"]:
+        assert row["systems"]["tool A"]["processed"] == row["noisy"]
+
+
+def test_cli_two_folders_of_one_name_are_an_error(dataset):
+    result = _cli("--noisy", dataset / "noisy", "--clean", dataset / "clean", "--denoised", f"x={dataset / 'noisy'}",
+                  "--denoised", f"x={dataset / 'noisy'}")
+    assert result.exit_code == 1 and "share a name" in result.output
+    result = _cli("--noisy", dataset / "noisy", "--clean", dataset / "clean", "--denoised", dataset / "noisy",
+                  "--denoised", dataset / "noisy", "--name", "mine")
+    assert result.exit_code == 2 and "NAME=DIR" in result.output

@@ -67,7 +67,9 @@ def denoise(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     limiter: Annotated[bool, typer.Option(help="Soft-limit the output so it never clips.")] = True,
     plot: Annotated[
-        Path | None, typer.Option(help="Write before/after spectrograms to this PNG.", dir_okay=False)
+        Path | None,
+        typer.Option(help="Write spectrograms of the input, the output and what was removed to this PNG: first "
+                          "channel, first 60 s, dBFS (needs the plot extra).", dir_okay=False),
     ] = None,
     jobs: Annotated[
         int | None,

@@ -23,8 +23,10 @@ def evaluate(
         Path | None, typer.Option("--model", "-m", help="Model file to evaluate (default: the shipped model).")
     ] = None,
     denoised: Annotated[
-        Path | None,
-        typer.Option("--denoised", help="Score this folder of already-denoised files instead of running a model."),
+        list[str] | None,
+        typer.Option("--denoised", metavar="[NAME=]DIR",
+                     help="Score this folder of already-denoised files (any tool's). Repeatable; NAME labels its "
+                          "row. Without --model, no model runs."),
     ] = None,
     pairs: Annotated[
         Path | None,
@@ -37,44 +39,97 @@ def evaluate(
         float | None,
         typer.Option("--atten-lim", "-a", help="Attenuation limit in dB for the model (as in denoise).", min=0),
     ] = None,
-    name: Annotated[str | None, typer.Option(help="Label of the system's row in the table.")] = None,
+    name: Annotated[str | None, typer.Option(help="Label of the model's (or the one folder's) row.")] = None,
+    html: Annotated[
+        Path | None,
+        typer.Option("--html", metavar="DIR", help="Write a listening page: DIR/index.html + media, opens from disk.",
+                     file_okay=False),
+    ] = None,
+    listen: Annotated[
+        int, typer.Option("--listen", metavar="N", min=0,
+                          help="Pairs with players and spectrograms on the page: worst, best, random.")
+    ] = 6,
+    csv_path: Annotated[
+        Path | None, typer.Option("--csv", metavar="FILE", help="Write one row per pair as CSV.", dir_okay=False)
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", "-f", help="Replace an existing --html page or --csv file.")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or messages.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks on errors.")] = False,
 ) -> None:
-    """Score denoised speech against clean references (PESQ-WB, STOI, SI-SDR), next to the noisy input's scores."""
-    if model is not None and denoised is not None:
-        raise fail(PROG, "pass --model or --denoised, not both", code=EXIT_USAGE)
+    """Score denoised speech against clean references (PESQ-WB, STOI, SI-SDR), next to the noisy input's scores.
+
+    For this project's models it also reports the dB of noise removed and of speech distortion. --html writes a
+    page with the summary, the SNR groups, a sortable per-pair table and players with spectrograms.
+    """
+    folders = _parse_denoised(denoised or [])
+    if name is not None and model is None and len(folders) > 1:
+        raise fail(PROG, "--name labels one system; give each folder its NAME=DIR instead", code=EXIT_USAGE)
 
     def work() -> int:
         from .. import evaluate as ev
+        from ..report import check_output
         from .denoise import load_denoiser
 
         pairs_csv = pairs if pairs is not None else ev.default_pairs_csv(noisy)
-        denoiser = None
-        label = name
-        if denoised is None:
+        inputs = [noisy, clean, *(d for _, d in folders), *(p for p in (pairs_csv, model) if p is not None)]
+        if html is not None:
+            check_output(html, inputs=inputs, overwrite=overwrite, folder=True)
+        if csv_path is not None:
+            check_output(csv_path, inputs=inputs, overwrite=overwrite)
+        systems: list = []
+        if model is not None or not folders:
             denoiser = load_denoiser(model, device=device, atten_lim_db=atten_lim_db, limiter=True)
-            label = label or f"audiodenoise ({model.name if model is not None else 'shipped model'})"
-        report = ev.evaluate(
-            noisy, clean, denoiser=denoiser, denoised_dir=denoised, pairs_csv=pairs_csv,
-            jobs=jobs, progress=not quiet, name=label,
-        )
+            systems.append((name or f"audiodenoise ({model.name if model is not None else 'shipped model'})",
+                            denoiser))
+        for label, folder in folders:
+            if label is None:
+                label = name if model is None and name else f"denoised: {folder}"
+            systems.append((label, folder))
+        report = ev.evaluate_systems(noisy, clean, systems, pairs_csv=pairs_csv, jobs=jobs, progress=not quiet,
+                                     keep_outputs=html is not None and listen > 0)
         if out is not None:
             ev.write_report(report, out)
+        if csv_path is not None:
+            ev.write_csv(report, csv_path)
+        if html is not None:
+            from ..page import write_page
+
+            index = write_page(report, html, listen=listen)
+            if not quiet:
+                print(f"wrote {index}", file=sys.stderr)
         if not quiet:
             for kind, ids in report["unmatched"].items():
                 if ids:
                     shown = ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")
                     print(f"{PROG}: warning: {len(ids)} name(s) {kind.replace('_', ' ')}, not scored: {shown}",
                           file=sys.stderr)
-            if out is not None:
-                print(f"wrote {out}", file=sys.stderr)
+            for path in (out, csv_path):
+                if path is not None:
+                    print(f"wrote {path}", file=sys.stderr)
         print(ev.format_table(report))
-        if report["n_failures"]:
-            first = report["failures"][0]
-            print(f"{PROG}: error: {report['n_failures']} of {report['n_pairs']} pairs failed and are left out of "
-                  f"the system's means (first: {first['id']}: {first['reason']})", file=sys.stderr)
-            return EXIT_ERROR
-        return 0
+        code = 0
+        for system in report["systems"]:
+            if system["n_failures"]:
+                first = system["failures"][0]
+                print(f"{PROG}: error: {system['name']}: {system['n_failures']} of {report['n_pairs']} pairs failed "
+                      f"and are left out of its means (first: {first['id']}: {first['reason']})", file=sys.stderr)
+                code = EXIT_ERROR
+        return code
 
     run_guarded(PROG, work, verbose=verbose)
+
+
+def _parse_denoised(values: list[str]) -> list[tuple[str | None, Path]]:
+    """``--denoised DIR`` or ``--denoised NAME=DIR``: (label or None, folder). A path holding ``=`` that exists wins."""
+    folders: list[tuple[str | None, Path]] = []
+    for value in values:
+        label, sep, rest = value.partition("=")
+        if sep and label and rest and not Path(value).exists():
+            folders.append((label, Path(rest)))
+        elif not value:
+            raise fail(PROG, "--denoised needs a folder: --denoised DIR or --denoised NAME=DIR", code=EXIT_USAGE)
+        else:
+            folders.append((None, Path(value)))
+    return folders

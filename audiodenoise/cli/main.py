@@ -8,9 +8,7 @@ from typing import Annotated
 
 import typer
 
-from .. import __version__
-from ..api import Denoiser, pretrained_path
-from ..model import count_parameters
+from ..api import Denoiser
 from . import denoise as denoise_cmd
 from . import evaluate as evaluate_cmd
 from . import train as train_cmd
@@ -41,22 +39,17 @@ app.command("export")(train_cmd.export)
 app.command("evaluate", help="Score a model or denoised files: PESQ-WB, STOI, SI-SDR.")(evaluate_cmd.evaluate)
 
 
-@app.command(help="Describe a model file (default: the shipped model).")
+@app.command(help="Describe a model file (default: the shipped model): a short card, or --json for everything.")
 def info(
     model: Annotated[Path | None, typer.Argument(help="Model file.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The full metadata as JSON.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     def work() -> None:
-        denoiser = denoise_cmd.load_denoiser(model, device="cpu", atten_lim_db=None, limiter=True)
-        summary = {
-            "audiodenoise": __version__,
-            "model_file": str(model or pretrained_path()),
-            "parameters": count_parameters(denoiser.model),
-            "model": denoiser.model.config.to_dict(),
-            "features": denoiser.features.to_dict(),
-            "info": denoiser.info,
-        }
-        print(json.dumps(summary, indent=2))
+        from ..card import format_card, model_card
+
+        card = model_card(model)
+        print(json.dumps(card, indent=2) if as_json else format_card(card))
 
     run_guarded("audiodenoise", work, verbose=verbose)
 

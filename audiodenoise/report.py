@@ -1,0 +1,232 @@
+"""An evaluation report as a Markdown table, JSON and CSV, and the rule every output file follows.
+
+The report itself is gathered by :func:`audiodenoise.evaluate.evaluate`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .audio import new_file_mode
+from .errors import AudioDenoiseError, ConfigError
+from .metrics import DECOMPOSITION, METRICS, mean_ci
+from .pairs import SNR_GROUPS
+
+TABLE_HEADER = (
+    "| system | PESQ-WB | STOI | SI-SDR dB | PESQ low / mid / high | SI-SDR low / mid / high | RTF |\n"
+    "|---|---|---|---|---|---|---|"
+)
+DECOMPOSITION_HEADER = ("noise removed dB (low / mid / high)", "speech distortion dB (low / mid / high)")
+# a folder that --overwrite may replace holds an index.html with this mark
+PAGE_MARK = '<meta name="generator" content="audiodenoise evaluate">'
+
+
+def summarize(rows: list[dict], name: str) -> dict[str, Any]:
+    """Means with 95 % confidence intervals of one system over ``rows``.
+
+    Returns ``{"noisy": {metric: ci}, "processed": {metric: ci}, "delta": {metric: ci},
+    "noise_removed_db": ci, "speech_distortion_db": ci}`` where ``ci`` is
+    :func:`~audiodenoise.metrics.mean_ci`'s ``{"mean", "ci95", "n"}`` (None
+    when nothing was measured). ``delta`` is over the pairs the system scored:
+    its score minus the noisy input's, pair by pair.
+    """
+    per_file = [(r["noisy"], r["systems"][name]) for r in rows]
+    scored = [(noisy, s["processed"]) for noisy, s in per_file if s["processed"] is not None]
+    return {
+        "noisy": {m: mean_ci(noisy[m] for noisy, _ in per_file) for m in METRICS},
+        "processed": {m: mean_ci(out[m] for _, out in scored) for m in METRICS},
+        "delta": {m: mean_ci(out[m] - noisy[m] for noisy, out in scored) for m in METRICS},
+        **{key: mean_ci(s[key] for _, s in per_file) for key in DECOMPOSITION},
+    }
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The report as a Markdown table shaped like ``PEERS.md``: noisy-input row, then each system's.
+
+    Where a system has the noise-removed / speech-distortion figures (this
+    project's models), two more columns give them over all pairs and per group.
+    """
+    decomposed = any(s["stats"]["noise_removed_db"] for s in report.get("systems", []))
+    header = TABLE_HEADER
+    if decomposed:
+        top, rule = TABLE_HEADER.split("\n")
+        columns = "".join(f" {h} |" for h in DECOMPOSITION_HEADER)
+        header = top[: -len(" RTF |")] + columns + " RTF |\n" + rule + "---|---|"
+    lines = [header, _table_row("noisy input (no processing)", report["means"]["noisy"], report["groups"], "noisy",
+                                rtf=None, decomposition=["-", "-"] if decomposed else [])]
+    for system in report.get("systems", []):
+        extra = [_decomposition_cell(system, key) for key in DECOMPOSITION] if decomposed else []
+        lines.append(_table_row(system["name"], system["means"]["processed"], system["groups"], "processed",
+                                rtf=system["rtf"], decomposition=extra))
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _decomposition_cell(system: dict, key: str) -> str:
+    overall = system["stats"][key]
+    if overall is None:
+        return "-"
+    cell = _fmt(overall["mean"], 1)
+    if system["groups"]:
+        by_group = [(system["groups"][g]["stats"][key] or {}).get("mean") for g in SNR_GROUPS]
+        cell += " (" + " / ".join(_fmt(v, 1) for v in by_group) + ")"
+    return cell
+
+
+def _table_row(label: str, means: dict | None, groups: dict, key: str, *, rtf: float | None,
+               decomposition: list[str]) -> str:
+    def fmt(scores: dict | None, metric: str, digits: int) -> str:
+        return "-" if scores is None else _fmt(scores[metric], digits)
+
+    def by_group(metric: str, digits: int) -> str:
+        if not groups:
+            return "-"
+        return " / ".join(fmt(groups[g][key], metric, digits) for g in SNR_GROUPS)
+
+    cells = [
+        label.replace("|", "\\|"),
+        fmt(means, "pesq_wb", 2),
+        fmt(means, "stoi", 3),
+        fmt(means, "si_sdr", 1),
+        by_group("pesq_wb", 2),
+        by_group("si_sdr", 1),
+        *decomposition,
+        "-" if rtf is None else f"{rtf:.3f}",
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+# -- files ---------------------------------------------------------------------
+
+
+def write_report(report: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write ``report`` as JSON through a temp file renamed into place (non-finite numbers become null)."""
+    public = {k: v for k, v in report.items() if not k.startswith("_")}
+    write_text_atomic(path, json.dumps(_finite(public), indent=2) + "\n", what="report")
+
+
+def csv_rows(report: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """One row per pair: id, SNR, group, seconds, the noisy scores, then each system's columns."""
+    names = [s["name"] for s in report.get("systems", [])]
+    columns = ["id", "snr_db", "group", "seconds", *(f"noisy.{m}" for m in METRICS)]
+    for name in names:
+        columns += [f"{name}.{m}" for m in (*METRICS, *DECOMPOSITION, "lag_samples", "error")]
+    rows = []
+    for r in report["files"]:
+        row: dict[str, Any] = {"id": r["id"], "snr_db": r["snr_db"], "group": r["group"], "seconds": r["seconds"]}
+        row.update({f"noisy.{m}": r["noisy"][m] for m in METRICS})
+        for name in names:
+            s = r["systems"][name]
+            row.update({f"{name}.{m}": (s["processed"] or {}).get(m) for m in METRICS})
+            row.update({f"{name}.{k}": s[k] for k in (*DECOMPOSITION, "lag_samples", "error")})
+        rows.append({k: _finite(v) for k, v in row.items()})
+    return columns, rows
+
+
+def write_csv(report: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write :func:`csv_rows` to ``path`` atomically (empty cells for missing values)."""
+    columns, rows = csv_rows(report)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buffer.getvalue(), what="CSV")
+
+
+def check_output(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike], overwrite: bool,
+                 folder: bool = False) -> None:
+    """Refuse an output path that would replace an input or an existing file without ``overwrite``.
+
+    The rule of every output the tool writes (the same as for audio outputs):
+    never an input (nor, for a folder, a folder that holds one), never an
+    existing file without ``overwrite``, never a non-regular file. A folder
+    output may replace only an empty folder or, with ``overwrite``, a page
+    this command wrote before (its ``index.html`` carries :data:`PAGE_MARK`).
+
+    Raises
+    ------
+    ConfigError
+    """
+    path = Path(path)
+    target = path.resolve()
+    for item in inputs:
+        src = Path(item).resolve()
+        if target == src or (folder and target in src.parents):
+            what = "an input" if target == src else f"a folder holding the input {item}"
+            raise ConfigError(f"{path}: is {what}; choose another output path")
+    if not path.exists():
+        return
+    if folder:
+        if not path.is_dir():
+            raise ConfigError(f"{path}: is a file, expected a folder for the page")
+        if not any(path.iterdir()):
+            return
+        index = path / "index.html"
+        if not (index.is_file() and PAGE_MARK in index.read_text(errors="replace")[:4096]):
+            raise ConfigError(f"{path}: is a folder that holds other files; choose a new or empty folder")
+    elif not path.is_file():
+        raise ConfigError(f"{path}: is not a regular file; choose another output path")
+    if not overwrite:
+        raise ConfigError(f"{path}: already exists; pass --overwrite to replace it")
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, *, what: str) -> None:
+    """:func:`write_bytes_atomic` of ``text`` as UTF-8."""
+    write_bytes_atomic(path, text.encode(), what=what)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, what: str) -> None:
+    """Write ``data`` to a temp file beside ``path`` and rename it into place, keeping a replaced file's mode."""
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mode = path.stat().st_mode & 0o7777 if path.is_file() else new_file_mode()
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise AudioDenoiseError(f"{path}: cannot write {what} ({exc.strerror or exc})") from None
+
+
+def replace_folder(tmp_dir: Path, path: Path) -> None:
+    """Move the finished folder ``tmp_dir`` to ``path``, replacing a previous page there."""
+    old = None
+    if path.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+        os.replace(path, old / path.name)
+    try:
+        os.replace(tmp_dir, path)
+    except OSError:
+        if old is not None:  # put the previous page back
+            os.replace(old / path.name, path)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
