@@ -26,7 +26,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from . import audio
+from . import audio, outputs
 from .audio import AtomicWriter
 from .checkpoint import LoadedModel, load_model
 from .chunking import process_array, process_chunked
@@ -197,12 +197,7 @@ class Denoiser:
         """
         src, dst = Path(src), Path(dst)
         meta = audio.info(src)
-        if dst.exists() and dst.resolve() == src.resolve():
-            raise AudioError(f"{dst}: output path is the input file; choose another output path")
-        if dst.is_dir():
-            raise AudioError(f"{dst}: is a folder, expected an output file path")
-        if dst.exists() and not overwrite:
-            raise AudioError(f"{dst}: already exists; pass --overwrite to replace it")
+        outputs.check_output(dst, overwrite=overwrite, inputs=[src])
         fmt, out_subtype = audio.output_format(dst, like=meta)
         if subtype is not None:
             out_subtype = subtype

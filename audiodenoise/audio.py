@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from . import outputs
 from .errors import AudioError
 
 MIN_SAMPLE_RATE = 8000
@@ -232,19 +232,11 @@ class AtomicWriter:
         self._fh: sf.SoundFile | None = None
 
     def __enter__(self) -> AtomicWriter:
-        folder = self.path.parent
-        if not folder.is_dir():
-            raise AudioError(f"{self.path}: output folder {folder} does not exist")
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part" + self.path.suffix, dir=folder)
-        except OSError as exc:
-            raise AudioError(f"{self.path}: cannot write to {folder} ({exc.strerror or exc})") from None
-        os.close(fd)
-        self._tmp = Path(tmp)
-        os.chmod(tmp, new_file_mode())  # mkstemp makes 0600; the output gets a normal file's mode
+        self._tmp = outputs.make_temp(self.path, suffix=outputs.AUDIO_TEMP_SUFFIX)
         try:
             self._fh = sf.SoundFile(
-                tmp, "w", samplerate=self.sample_rate, channels=self.channels, format=self.format, subtype=self.subtype
+                str(self._tmp), "w", samplerate=self.sample_rate, channels=self.channels, format=self.format,
+                subtype=self.subtype,
             )
         except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
             self._tmp.unlink(missing_ok=True)
@@ -281,18 +273,7 @@ class AtomicWriter:
         if exc_type is not None:
             self._tmp.unlink(missing_ok=True)
             return
-        try:
-            os.replace(self._tmp, self.path)
-        except OSError as os_exc:
-            self._tmp.unlink(missing_ok=True)
-            raise AudioError(f"{self.path}: cannot rename output into place ({os_exc.strerror})") from None
-
-
-def new_file_mode() -> int:
-    """Permission bits of a newly created file under the current umask (``0o666 & ~umask``)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+        outputs.commit(self._tmp, self.path)  # keeps the mode of a file it replaces
 
 
 def _wav_truncation(fh: sf.SoundFile) -> str | None:

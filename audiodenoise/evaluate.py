@@ -29,7 +29,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from . import audio
+from . import audio, outputs
 from .errors import AudioDenoiseError, AudioError, ConfigError, DatasetError
 
 SAMPLE_RATE = 16000
@@ -563,17 +562,11 @@ def write_report(report: dict[str, Any], path: str | os.PathLike) -> None:
     """Write ``report`` as JSON through a temp file renamed into place (non-finite numbers become null)."""
     path = Path(path)
     text = json.dumps(_finite(report), indent=2) + "\n"
-    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
     except OSError as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
         raise AudioDenoiseError(f"{path}: cannot write report ({exc.strerror or exc})") from None
+    outputs.write_text(path, text)
 
 
 def _finite(value: Any) -> Any:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import audio
-from .errors import AudioError
+from . import audio, outputs
+from .errors import AudioError, OutputError
 
 # longer files are shown from their start: a picture of hours is unreadable
 PLOT_MAX_SECONDS = 60.0
@@ -47,11 +47,30 @@ def plot_before_after(noisy: str | os.PathLike, denoised: str | os.PathLike, png
     png = Path(png)
     try:
         png.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(png, dpi=100)
+        with outputs.atomic_path(png) as tmp:
+            fig.savefig(tmp, dpi=100, format=plot_format(png))
     except OSError as exc:
         raise AudioError(f"{png}: cannot write plot ({exc.strerror or exc})") from None
     finally:
         plt.close(fig)
+
+
+def plot_format(path: str | os.PathLike) -> str:
+    """The picture format ``path``'s extension asks for; :class:`OutputError` if matplotlib cannot write it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    ext = Path(path).suffix.lower().lstrip(".")
+    known = FigureCanvasAgg.get_supported_filetypes()
+    if ext not in known:
+        raise OutputError(f"{outputs.display(path)}: cannot write a plot as {ext or '(no extension)'!r}; "
+                          f"use one of {', '.join(sorted(known))}")
+    return ext
+
+
+def check_plot_path(path: str | os.PathLike, *, overwrite: bool = False, inputs=(), planned=()) -> Path:
+    """Raise :class:`OutputError` unless a plot can be written to ``path`` (format and place)."""
+    plot_format(path)
+    return outputs.check_output(path, overwrite=overwrite, inputs=inputs, planned=planned, what="plot")
 
 
 def _db_spectrogram(x: np.ndarray, n_fft: int) -> np.ndarray:

@@ -13,10 +13,10 @@ import soundfile as sf
 import torch
 from conftest import make_model, speech_like, write_audio
 
-from audiodenoise import audio
+from audiodenoise import audio, outputs
 from audiodenoise.api import Denoiser
 from audiodenoise.audio import AtomicWriter, output_format, soft_limit
-from audiodenoise.errors import AudioError
+from audiodenoise.errors import AudioError, OutputError
 from audiodenoise.features import FeatureConfig
 
 
@@ -287,7 +287,7 @@ def test_atomic_writer_replaces_on_success(tmp_path):
 
 
 def test_atomic_writer_needs_an_existing_folder(tmp_path):
-    with pytest.raises(AudioError, match="output folder .* does not exist"):
+    with pytest.raises(OutputError, match="output folder .* does not exist"):
         with AtomicWriter(tmp_path / "no" / "out.wav", sample_rate=8000, channels=1, format="WAV", subtype="PCM_16"):
             pass
 
@@ -296,8 +296,8 @@ def test_atomic_writer_reports_an_unwritable_folder(tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(audio.tempfile, "mkstemp", denied)
-    with pytest.raises(AudioError, match="cannot write to .*Permission denied"):
+    monkeypatch.setattr(outputs.tempfile, "mkstemp", denied)
+    with pytest.raises(OutputError, match="cannot write to .*Permission denied"):
         with AtomicWriter(tmp_path / "out.wav", sample_rate=8000, channels=1, format="WAV", subtype="PCM_16"):
             pass
 

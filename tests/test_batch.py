@@ -288,8 +288,11 @@ def test_existing_outputs_are_skipped_and_overwrite_redoes_them(tree, tmp_path, 
 def test_partial_outputs_left_by_a_killed_worker_are_swept(tree, tmp_path, tiny_model_file):
     out = tmp_path / "out"
     (out / "sub").mkdir(parents=True)
-    leftovers = [out / ".a.wav.k3x_9q2z.part.wav", out / "sub" / ".c.flac.abcdefgh.part.flac"]
-    keep = [out / "notes.part.wav", out / ".other.wav.abc.part.wav", out / "sub" / ".c.flac.abcdefgh.part.wav"]
+    # today's temp names, and the longer form of earlier versions
+    leftovers = [out / ".ad-k3x_9q2z.part", out / "sub" / ".ad-abcdefgh.part", out / ".a.wav.k3x_9q2z.part.wav",
+                 out / "sub" / ".c.flac.abcdefgh.part.flac"]
+    keep = [out / "notes.part.wav", out / ".other.wav.abc.part.wav", out / "sub" / ".c.flac.abcdefgh.part.wav",
+            out / ".ad-abcdefgh.tmp", out / ".ad-abc.part", out / "sub" / "ad-abcdefgh.part"]
     for p in leftovers + keep:
         p.write_bytes(b"RIFF")
     result = run(tree, out, "--model", tiny_model_file, "-j", 1, "-q")

@@ -15,7 +15,7 @@ import torch
 from conftest import make_model, speech_like, write_audio
 from typer.testing import CliRunner
 
-from audiodenoise import __version__, audio
+from audiodenoise import __version__, audio, outputs
 from audiodenoise.api import Denoiser
 from audiodenoise.checkpoint import save_model
 from audiodenoise.cli.denoise import app
@@ -254,7 +254,7 @@ def test_output_folder_refusing_writes(tmp_path, src, tiny_model_file, monkeypat
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(audio.tempfile, "mkstemp", denied)
+    monkeypatch.setattr(outputs.tempfile, "mkstemp", denied)
     before = snapshot(tmp_path)
     assert_one_error_line(run(src, tmp_path / "out.wav", "--model", tiny_model_file), "Permission denied")
     assert snapshot(tmp_path) == before
@@ -278,7 +278,7 @@ def test_a_run_creates_missing_output_folders(tmp_path, src, tiny_model_file):
 
 
 def test_output_under_a_file_instead_of_a_folder(tmp_path, src, tiny_model_file):
-    assert_one_error_line(run(src, src / "out.wav", "--model", tiny_model_file), "cannot create output folder")
+    assert_one_error_line(run(src, src / "out.wav", "--model", tiny_model_file), "in.wav is not a folder")
 
 
 def test_bad_model_file(tmp_path, src):

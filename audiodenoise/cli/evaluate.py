@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from .. import outputs
 from ._common import EXIT_ERROR, EXIT_USAGE, fail, run_guarded
 
 PROG = "audiodenoise evaluate"
@@ -38,6 +39,7 @@ def evaluate(
         typer.Option("--atten-lim", "-a", help="Attenuation limit in dB for the model (as in denoise).", min=0),
     ] = None,
     name: Annotated[str | None, typer.Option(help="Label of the system's row in the table.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", "-f", help="Replace existing output files.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or messages.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks on errors.")] = False,
 ) -> None:
@@ -50,6 +52,9 @@ def evaluate(
         from .denoise import load_denoiser
 
         pairs_csv = pairs if pairs is not None else ev.default_pairs_csv(noisy)
+        inputs = _input_files(ev, noisy, clean, denoised, pairs_csv, model)
+        if out is not None:  # before any work: never an input, never an existing file without --overwrite
+            outputs.check_output(out, overwrite=overwrite, inputs=inputs, what="report")
         denoiser = None
         label = name
         if denoised is None:
@@ -78,3 +83,16 @@ def evaluate(
         return 0
 
     run_guarded(PROG, work, verbose=verbose)
+
+
+def _input_files(ev, *paths: Path | None) -> list[Path]:
+    """The files an evaluation reads (audio directly in the given folders, the pairs CSV, the model)."""
+    files: list[Path] = []
+    for path in paths:
+        if path is None:
+            continue
+        if path.is_dir():
+            files.extend(ev.audio_files(path, role="input").values())
+        else:
+            files.append(path)
+    return files
