@@ -190,7 +190,12 @@ def missing_folders(path: str | os.PathLike) -> list[Path]:
     """The folders above ``path`` that do not exist yet, deepest first."""
     missing = []
     folder = Path(path).absolute().parent
-    while not folder.exists() and folder != folder.parent:
+    while folder != folder.parent:
+        try:
+            if folder.exists():
+                break
+        except OSError:  # e.g. a path too long to look up: the output check names the problem
+            return []
         missing.append(folder)
         folder = folder.parent
     return missing

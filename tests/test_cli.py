@@ -15,7 +15,7 @@ import torch
 from conftest import make_model, speech_like, write_audio
 from typer.testing import CliRunner
 
-from audiodenoise import __version__, audio, outputs
+from audiodenoise import __version__, outputs
 from audiodenoise.api import Denoiser
 from audiodenoise.checkpoint import save_model
 from audiodenoise.cli.denoise import app
