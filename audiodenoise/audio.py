@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,9 +84,11 @@ def info(path: str | os.PathLike) -> AudioInfo:
     name = str(path)
     p = Path(path)
     if not p.exists():
-        raise AudioError(f"{name}: file not found")
+        raise AudioError(f"{name}: {not_a_regular_file(p) or 'file not found'}")
     if p.is_dir():
         raise AudioError(f"{name}: is a folder, expected an audio file")
+    if not p.is_file():  # a FIFO or a device: opening it could block, and it is not a file
+        raise AudioError(f"{name}: {not_a_regular_file(p)}")
     if p.stat().st_size == 0:
         raise AudioError(f"{name}: file is empty")
     try:
@@ -102,6 +105,21 @@ def info(path: str | os.PathLike) -> AudioInfo:
         raise AudioError(f"{name}: holds no samples")
     check_sample_rate(result.sample_rate, name=name)
     return result
+
+
+def not_a_regular_file(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be read as an audio file (a dangling symlink, a FIFO, a device, missing); None if it can."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return f"is a dangling symlink (to {os.readlink(path)}), no file to read"
+        return "file not found"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return f"is {outputs.file_kind(mode)}, not a regular file"
 
 
 def check_sample_rate(sample_rate: int, *, name: str = "input") -> None:

@@ -255,7 +255,7 @@ class _Runner:
 
     def _new_pool(self, ctx) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
-            max_workers=self.jobs, mp_context=ctx, initializer=_init_worker, initargs=(self.source,)
+            max_workers=self.jobs, mp_context=ctx, initializer=_init_worker, initargs=(self.source, os.getpid())
         )
 
     def _start_pool(self, ctx) -> tuple[dict, threading.Event]:

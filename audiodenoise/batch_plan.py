@@ -165,6 +165,10 @@ class BatchPlan:
                 if real == out_real or real in ancestors:  # the output folder inside the input; a link loop
                     continue
                 yield from self._walk(Path(entry.path), entry_rel, ancestors | {real}, out_real)
+            elif not is_file and self._selected(entry_rel, entry.name, default=False):
+                # named like audio but not a file to read: say so rather than leave it out unseen
+                reason = audio.not_a_regular_file(entry.path)
+                yield Task(Path(entry.path), self._output(self.out_dir / entry_rel), error=reason)
             elif is_file and self._selected(entry_rel, entry.name, default=False):
                 dst = self._output(self.out_dir / entry_rel)
                 first = outputs.setdefault(dst.name, entry.name)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import select
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -97,7 +100,10 @@ def _strip_name(message: str, name: str) -> str:
 _worker: dict = {}
 
 
-def _init_worker(source: DenoiserSource) -> None:
+def _init_worker(source: DenoiserSource, batch_pid: int | None = None) -> None:
+    if batch_pid is not None:
+        die_with(batch_pid)
+    _release_stdout()
     abort = _Abort()
     _worker["abort"] = abort
     _install(abort)
@@ -129,3 +135,69 @@ def _pids(pool: ProcessPoolExecutor | None) -> list[int]:
         return list(dict(pool._processes or {}))
     except (AttributeError, RuntimeError):
         return []
+
+
+# -- a worker never outlives its batch ---------------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with(batch_pid: int) -> None:
+    """End this process as soon as ``batch_pid`` (the batch's own process) is gone.
+
+    A batch process killed outright (SIGKILL, the OOM killer) cannot stop its
+    workers, and a worker ignores SIGTERM while idle (it is the batch's clean
+    stop signal). On Linux the kernel sends SIGKILL when the parent dies
+    (``PR_SET_PDEATHSIG``); under the forkserver that parent is the forkserver,
+    not the batch, so a thread also watches the batch's process itself (a
+    pidfd where there is one, else polling).
+    """
+    # not when the batch is the parent: the signal follows the parent *thread*, and the batch starts its
+    # workers from a thread that ends long before the batch does
+    if sys.platform.startswith("linux") and os.getppid() != batch_pid:
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    threading.Thread(target=_watch, args=(batch_pid,), name="audiodenoise-batch-watch", daemon=True).start()
+
+
+def _watch(batch_pid: int) -> None:
+    try:
+        fd = os.pidfd_open(batch_pid)
+    except ProcessLookupError:  # gone already
+        os._exit(1)
+    except (AttributeError, OSError):  # no pidfd (old kernel, not Linux): poll
+        fd = None
+    if fd is not None:
+        select.select([fd], [], [])  # readable once the process has exited
+        os._exit(1)
+    while _alive(batch_pid):
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _release_stdout() -> None:
+    """Point this worker's stdout at /dev/null: a pipe reading the command's stdout must not wait for it."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        os.dup2(devnull, 1)
+    finally:
+        os.close(devnull)

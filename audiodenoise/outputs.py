@@ -97,8 +97,8 @@ def check_output(
         if stat.S_ISDIR(st.st_mode):
             raise OutputError(f"{shown}: is a folder, expected {_a(what)} file path")
         if not stat.S_ISREG(st.st_mode):
-            kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
-            raise OutputError(f"{shown}: exists and is {kind}, not a regular file; choose another {what} path")
+            raise OutputError(f"{shown}: exists and is {file_kind(st.st_mode)}, not a regular file; "
+                              f"choose another {what} path")
         if not overwrite:
             raise OutputError(f"{shown}: already exists; pass --overwrite to replace it")
     if folder is None or not folder.is_dir():
@@ -222,6 +222,11 @@ def display(path: PathLike, *, limit: int = 160) -> str:
         keep = (limit - 5) // 2
         text = f"{text[:keep]}[...]{text[-keep:]}"
     return text
+
+
+def file_kind(mode: int) -> str:
+    """"a FIFO", "a character device", ... for a ``st_mode`` that is not a regular file."""
+    return _KINDS.get(stat.S_IFMT(mode), "a special file")
 
 
 def _a(word: str) -> str:
