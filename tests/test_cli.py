@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -378,3 +380,34 @@ def test_console_script_error_path(tmp_path, tiny_model_file):
     assert result.stderr == f"denoise: error: {tmp_path / 'missing.wav'}: file not found\n"
     assert result.stdout == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def _maps_torch(pid: int) -> bool:
+    try:
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc to see torch being imported")
+@pytest.mark.parametrize("prog, sig", [("denoise", signal.SIGINT), ("denoise", signal.SIGTERM),
+                                       ("audiodenoise", signal.SIGTERM)])
+def test_a_signal_while_torch_imports_exits_130_without_a_traceback(tmp_path, src, tiny_model_file, prog, sig):
+    script = Path(sys.executable).with_name(prog)
+    if not script.exists():
+        pytest.skip(f"the {prog} console script is not installed")
+    args = ["info", str(tiny_model_file)] if prog == "audiodenoise" else [str(src), str(tmp_path / "out.wav")]
+    proc = subprocess.Popen([str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while not _maps_torch(proc.pid):  # torch's import has begun (it goes on for a while after this)
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.002)
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, (proc.returncode, stderr)
+    assert stderr == f"{prog}: error: interrupted; no partial output was left\n"
+    assert stdout == ""
+    assert not (tmp_path / "out.wav").exists()
