@@ -23,7 +23,6 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 
 from . import audio, outputs
@@ -207,7 +206,7 @@ class Denoiser:
             raise AudioError(f"{dst}: cannot create output folder ({exc.strerror})") from None
         bar = _progress_bar(meta, enabled=progress)
         try:
-            with sf.SoundFile(str(src)) as fh, AtomicWriter(
+            with audio.open_sound(src) as fh, AtomicWriter(
                 dst, sample_rate=meta.sample_rate, channels=meta.channels, format=fmt, subtype=out_subtype
             ) as writer:
                 process_chunked(

@@ -5,6 +5,7 @@ Signals are ``float32`` arrays shaped ``[channels, time]``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -17,7 +18,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from . import outputs
+from . import _stderr, outputs
 from .errors import AudioError
 
 MIN_SAMPLE_RATE = 8000
@@ -31,7 +32,9 @@ MAX_SAMPLE_MAGNITUDE = 1e12
 
 # libsndfile's log line for a WAV whose data chunk claims more bytes than the file holds
 _WAV_DATA_SHORT = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+_WAV_RIFF_SIZE = re.compile(r"^RIFF\s*:\s*(\d+)(\s*\(should be \d+\))?", re.MULTILINE)
 # data sizes at or above this are the "length unknown" markers streaming writers leave in the header
+# (when the RIFF size is one too)
 _WAV_SIZE_UNKNOWN = 0x7FFF0000
 # subtypes that may be carried into another container; codecs (VORBIS, OPUS, MPEG) belong to theirs
 _PORTABLE_SUBTYPES = ("PCM_", "FLOAT", "DOUBLE", "ULAW", "ALAW")
@@ -92,11 +95,16 @@ def info(path: str | os.PathLike) -> AudioInfo:
     if p.stat().st_size == 0:
         raise AudioError(f"{name}: file is empty")
     try:
-        with sf.SoundFile(name) as fh:
+        with _stderr.capture() as noise, open_sound(p) as fh:
             result = AudioInfo(name, fh.samplerate, fh.channels, fh.frames, fh.format, fh.subtype)
             truncated = _wav_truncation(fh) or _ogg_truncation(p, fh)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        raise AudioError(f"{name}: not a readable audio file ({_reason(exc)})") from None
+        # libsndfile says "File does not exist or is not a regular file" when the MPEG decoder gives up
+        decoder = noise.reason()
+        reason = f"MPEG decoder: {decoder}" if decoder else _reason(exc)
+        raise AudioError(f"{name}: not a readable audio file ({reason})") from None
+    if result.format == "MP3" and noise.reason():
+        raise AudioError(f"{name}: damaged MPEG audio ({noise.reason()})")
     if truncated:
         raise AudioError(f"{name}: file is truncated ({truncated})")
     if result.channels < 1:
@@ -105,6 +113,11 @@ def info(path: str | os.PathLike) -> AudioInfo:
         raise AudioError(f"{name}: holds no samples")
     check_sample_rate(result.sample_rate, name=name)
     return result
+
+
+def open_sound(path: str | os.PathLike, mode: str = "r", **kwargs) -> sf.SoundFile:
+    """``soundfile.SoundFile`` on ``path`` given as bytes, so file names that are not UTF-8 work."""
+    return sf.SoundFile(os.fsencode(path), mode, **kwargs)
 
 
 def not_a_regular_file(path: str | os.PathLike) -> str | None:
@@ -153,17 +166,29 @@ def read_segment(fh: sf.SoundFile, start: int, stop: int, *, name: str) -> np.nd
     A file that ends early (truncated) or holds non-finite samples raises
     :class:`AudioError`.
     """
+    mpeg = fh.format == "MP3"
     try:
-        fh.seek(start)
-        data = fh.read(stop - start, dtype="float32", always_2d=True)
+        with _stderr.capture() if mpeg else contextlib.nullcontext() as noise:
+            fh.seek(start)
+            data = fh.read(stop - start, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise AudioError(f"{name}: read failed at sample {start} ({_reason(exc)})") from None
+    if mpeg and noise.reason():
+        # libmpg123 resyncs past damaged frames and goes on; what it decodes there is not the recording
+        raise AudioError(f"{name}: damaged MPEG audio in samples {start}-{stop} ({noise.reason()})")
     if data.shape[0] != stop - start:
+        if mpeg:  # an MP3 has no length to be cut short of: the decoder lost its way
+            raise AudioError(f"{name}: damaged or cut MPEG audio (the header says {fh.frames} samples, "
+                             f"decoding stopped at {start + data.shape[0]})")
         raise AudioError(
             f"{name}: file is truncated (header says {fh.frames} samples, "
             f"reading stopped at {start + data.shape[0]})"
         )
     wav = np.ascontiguousarray(data.T)
+    if fh.subtype == "DOUBLE" and not np.isfinite(wav).all():
+        # 1e300 is finite in the file but infinite as float32: name what the file holds
+        fh.seek(start)
+        check_signal(np.ascontiguousarray(fh.read(stop - start, dtype="float64", always_2d=True).T), name=name)
     check_signal(wav, name=name)
     return wav
 
@@ -173,7 +198,7 @@ def read_blocks(
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(start, block [channels, n])`` through a whole file."""
     meta = meta or info(path)
-    with sf.SoundFile(str(path)) as fh:
+    with open_sound(path) as fh:
         for start in range(0, meta.frames, block_frames):
             yield start, read_segment(fh, start, min(meta.frames, start + block_frames), name=meta.path)
 
@@ -257,8 +282,8 @@ class AtomicWriter:
     def __enter__(self) -> AtomicWriter:
         self._tmp = outputs.make_temp(self.path, suffix=outputs.AUDIO_TEMP_SUFFIX)
         try:
-            self._fh = sf.SoundFile(
-                str(self._tmp), "w", samplerate=self.sample_rate, channels=self.channels, format=self.format,
+            self._fh = open_sound(
+                self._tmp, "w", samplerate=self.sample_rate, channels=self.channels, format=self.format,
                 subtype=self.subtype,
             )
         except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
@@ -307,9 +332,24 @@ def _wav_truncation(fh: sf.SoundFile) -> str | None:
     if match is None:
         return None
     declared, present = int(match[1]), int(match[2])
-    if declared <= present or declared >= _WAV_SIZE_UNKNOWN:
+    if declared <= present:
         return None
+    if declared >= _WAV_SIZE_UNKNOWN and _riff_size_is_a_placeholder(fh.extra_info):
+        return None  # a streaming writer's "length unknown": it could not fill in either size
     return f"header says {declared} bytes of audio data, the file holds {present}"
+
+
+def _riff_size_is_a_placeholder(extra_info: str) -> bool:
+    """Whether the RIFF size, like the data size, is a "length unknown" value rather than the file's length.
+
+    A writer that could not seek back to fill in the data size (a pipe) could
+    not fill in the RIFF size either. A RIFF size that is the file's true
+    length, next to a data size of 2 GB, is a false header.
+    """
+    match = _WAV_RIFF_SIZE.search(extra_info)
+    if match is None:
+        return True
+    return match[2] is not None or int(match[1]) >= _WAV_SIZE_UNKNOWN
 
 
 def _ogg_truncation(path: Path, fh: sf.SoundFile) -> str | None:

@@ -151,7 +151,7 @@ def denoise(
 
             plot_before_after(src, dst, plot)
         if not quiet:
-            print(f"wrote {result.dst} ({result.duration:.1f} s, {result.sample_rate} Hz, {result.channels} ch)",
+            print(f"wrote {outputs.display(result.dst)} ({result.duration:.1f} s, {result.sample_rate} Hz, {result.channels} ch)",
                   file=sys.stderr)
 
     run_guarded(PROG, work, verbose=verbose)
