@@ -151,8 +151,8 @@ def denoise(
 
             plot_before_after(src, dst, plot)
         if not quiet:
-            print(f"wrote {outputs.display(result.dst)} ({result.duration:.1f} s, {result.sample_rate} Hz, {result.channels} ch)",
-                  file=sys.stderr)
+            print(f"wrote {outputs.display(result.dst)} ({result.duration:.1f} s, {result.sample_rate} Hz, "
+                  f"{result.channels} ch)", file=sys.stderr)
 
     run_guarded(PROG, work, verbose=verbose)
 
