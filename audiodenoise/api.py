@@ -70,9 +70,17 @@ def pretrained_path() -> Path:
 
 
 def pretrained_sha256() -> str:
-    """The checksum the shipped model must match."""
-    text = resources.files(PRETRAINED_PACKAGE).joinpath(PRETRAINED_FILE + ".sha256").read_text()
-    return text.split()[0]
+    """The checksum the shipped model must match (from ``model.safetensors.sha256`` beside it)."""
+    path = pretrained_path().with_name(PRETRAINED_FILE + ".sha256")
+    try:
+        fields = path.read_bytes().split()
+    except OSError as exc:
+        raise ModelError(f"{path}: the shipped model's checksum file cannot be read ({exc.strerror or exc}); "
+                         "reinstall audiodenoise") from None
+    digest = fields[0].decode("ascii", "replace").lower() if fields else ""
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ModelError(f"{path}: not a SHA-256 checksum file; reinstall audiodenoise")
+    return digest
 
 
 def resolve_device(device: str) -> torch.device:

@@ -109,6 +109,55 @@ def check_output(
     return path
 
 
+def check_output_dir(path: PathLike, *, inputs: Iterable[PathLike] = (), what: str = "output folder") -> Path:
+    """Raise :class:`OutputError` unless ``path`` can be a folder the tool writes into (made if missing).
+
+    Refused: an existing file, FIFO or device; one of the ``inputs`` folders,
+    a folder inside one (a rerun would read it back) or one that contains one;
+    a place under a file or that cannot be written; a path or name over the
+    system's limits. For ``prepare --out``, ``train --out`` and ``export``'s
+    folder checks.
+    """
+    path = Path(path)
+    shown = display(path)
+    folder = _nearest_folder(path / "x")
+    name_max = _limit(folder, "PC_NAME_MAX", _DEFAULT_NAME_MAX)
+    path_max = _limit(folder, "PC_PATH_MAX", _DEFAULT_PATH_MAX)
+    too_long = next((part for part in path.parts if len(os.fsencode(part)) > name_max), None)
+    if too_long is not None:
+        raise OutputError(f"{shown}: a folder name is {len(os.fsencode(too_long))} bytes, longer than the file "
+                          f"system's {name_max}-byte limit")
+    if len(os.fsencode(os.path.abspath(path))) + 1 + _DEFAULT_NAME_MAX >= path_max:
+        raise OutputError(f"{shown}: path is too long for the system's {path_max}-byte limit; choose a shorter one")
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        st = None
+    except OSError as exc:
+        raise OutputError(f"{shown}: cannot check the {what} ({exc.strerror or exc})") from None
+    if st is not None and not stat.S_ISDIR(st.st_mode):
+        kind = "a file" if stat.S_ISREG(st.st_mode) else file_kind(st.st_mode)
+        raise OutputError(f"{shown}: exists and is {kind}; the {what} must be a folder")
+    real = Path(os.path.realpath(path))
+    for other in inputs:
+        other_real = Path(os.path.realpath(other))
+        if real == other_real:
+            raise OutputError(f"{shown}: is the input folder {display(other)}; choose another {what}")
+        if other_real in real.parents:
+            raise OutputError(f"{shown}: is inside the input folder {display(other)}; choose a {what} outside it")
+        if real in other_real.parents:
+            raise OutputError(f"{shown}: contains the input folder {display(other)}; choose a {what} outside it")
+    if st is None:
+        if folder is None or not folder.is_dir():
+            raise OutputError(f"{shown}: {display(folder or path.parent)} is not a folder")
+        base = folder
+    else:
+        base = path
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise OutputError(f"{shown}: cannot write to {display(base)} (permission denied)")
+    return path
+
+
 def make_temp(path: PathLike, *, suffix: str = TEMP_SUFFIX) -> Path:
     """An empty temp file (mode 0600) beside ``path``, named ``.ad-XXXXXXXX<suffix>``."""
     path = Path(path)

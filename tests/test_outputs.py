@@ -88,6 +88,26 @@ def test_name_and_path_limits_count_in_bytes_and_include_the_temp_file(tmp_path)
     assert len(str(info.value)) < 400  # the message shows a shortened path
 
 
+def test_an_output_folder_is_checked_like_an_output_file(tmp_path):
+    (tmp_path / "corpus" / "sub").mkdir(parents=True)
+    (tmp_path / "file").write_text("x")
+    os.mkfifo(tmp_path / "fifo")
+    outputs.check_output_dir(tmp_path / "new" / "dataset", inputs=[tmp_path / "corpus"])  # made later: fine
+    outputs.check_output_dir(tmp_path / "corpus2", inputs=[tmp_path / "corpus"])
+    cases = {
+        tmp_path / "file": "exists and is a file; the output folder must be a folder",
+        tmp_path / "fifo": "exists and is a FIFO",
+        tmp_path / "file" / "dataset": "file is not a folder",
+        tmp_path / "corpus": "is the input folder",
+        tmp_path / "corpus" / "sub" / "out": "is inside the input folder",
+        tmp_path: "contains the input folder",
+        tmp_path / ("d" * 256): "a folder name is 256 bytes",
+    }
+    for path, match in cases.items():
+        with pytest.raises(OutputError, match=match):
+            outputs.check_output_dir(path, inputs=[tmp_path / "corpus"])
+
+
 def test_the_atomic_writer_keeps_the_mode_of_a_replaced_file(tmp_path):
     target = tmp_path / "secret.json"
     target.write_text("old")
