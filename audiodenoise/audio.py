@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import stat
 from collections.abc import Callable, Iterator
@@ -18,7 +17,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from . import _stderr, outputs
+from . import _stderr, outputs, wholeness
 from .errors import AudioError
 
 MIN_SAMPLE_RATE = 8000
@@ -37,15 +36,8 @@ LOSSY_TARGET_PEAK = 0.97
 # float files written in integer scale (+-2**31)
 MAX_SAMPLE_MAGNITUDE = 1e12
 
-# libsndfile's log line for a WAV whose data chunk claims more bytes than the file holds
-_WAV_DATA_SHORT = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
-_WAV_RIFF_SIZE = re.compile(r"^RIFF\s*:\s*(\d+)(\s*\(should be \d+\))?", re.MULTILINE)
-# data sizes at or above this are the "length unknown" markers streaming writers leave in the header
-# (when the RIFF size is one too)
-_WAV_SIZE_UNKNOWN = 0x7FFF0000
 # subtypes that may be carried into another container; codecs (VORBIS, OPUS, MPEG) belong to theirs
 _PORTABLE_SUBTYPES = ("PCM_", "FLOAT", "DOUBLE", "ULAW", "ALAW")
-_OGG_TAIL_BYTES = 1 << 17  # an Ogg page is at most 65,307 bytes
 _DEEP_SUBTYPES = {"PCM_24", "PCM_32", "FLOAT", "DOUBLE"}
 
 # extension -> libsndfile major format, for the formats people use
@@ -104,7 +96,7 @@ def info(path: str | os.PathLike) -> AudioInfo:
     try:
         with _stderr.capture() as noise, open_sound(p) as fh:
             result = AudioInfo(name, fh.samplerate, fh.channels, fh.frames, fh.format, fh.subtype)
-            truncated = _wav_truncation(fh) or _ogg_truncation(p, fh)
+            truncated = wholeness.wav_truncation(fh) or wholeness.ogg_truncation(p, fh)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         # libsndfile says "File does not exist or is not a regular file" when the MPEG decoder gives up
         decoder = noise.reason()
@@ -337,56 +329,6 @@ class AtomicWriter:
                 self._tmp.unlink(missing_ok=True)
                 raise
         outputs.commit(self._tmp, self.path)  # keeps the mode of a file it replaces
-
-
-def _wav_truncation(fh: sf.SoundFile) -> str | None:
-    """Why an open WAV file is truncated, from libsndfile's header log; None if it is whole."""
-    if fh.format not in ("WAV", "WAVEX"):
-        return None
-    match = _WAV_DATA_SHORT.search(fh.extra_info)
-    if match is None:
-        return None
-    declared, present = int(match[1]), int(match[2])
-    if declared <= present:
-        return None
-    if declared >= _WAV_SIZE_UNKNOWN and _riff_size_is_a_placeholder(fh.extra_info):
-        return None  # a streaming writer's "length unknown": it could not fill in either size
-    return f"header says {declared} bytes of audio data, the file holds {present}"
-
-
-def _riff_size_is_a_placeholder(extra_info: str) -> bool:
-    """Whether the RIFF size, like the data size, is a "length unknown" value rather than the file's length.
-
-    A writer that could not seek back to fill in the data size (a pipe) could
-    not fill in the RIFF size either. A RIFF size that is the file's true
-    length, next to a data size of 2 GB, is a false header.
-    """
-    match = _WAV_RIFF_SIZE.search(extra_info)
-    if match is None:
-        return True
-    return match[2] is not None or int(match[1]) >= _WAV_SIZE_UNKNOWN
-
-
-def _ogg_truncation(path: Path, fh: sf.SoundFile) -> str | None:
-    """Why an Ogg file (Vorbis, Opus, FLAC in Ogg) is truncated; None if it is whole.
-
-    libsndfile reads a cut Ogg file without complaint, as a shorter one. A cut
-    almost always falls inside a page; one exactly at a page boundary is not
-    caught, as some encoders never set the end-of-stream flag that would tell.
-    """
-    if fh.format != "OGG":
-        return None
-    with open(path, "rb") as raw:
-        raw.seek(max(0, path.stat().st_size - _OGG_TAIL_BYTES))
-        tail = raw.read()
-    start = tail.rfind(b"OggS")
-    if start < 0 or len(tail) < start + 27:
-        return "the file ends inside an Ogg page"
-    n_segments = tail[start + 26]
-    table = tail[start + 27 : start + 27 + n_segments]
-    if len(table) < n_segments or len(tail) < start + 27 + n_segments + sum(table):
-        return "the file ends inside an Ogg page"
-    return None
 
 
 class Overshoot(Exception):

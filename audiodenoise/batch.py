@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from . import audio
+from . import audio, outputs
 from .api import Denoiser
 from .batch_plan import AUDIO_EXTENSIONS, BatchPlan, Task, normalize_format
 from .batch_report import (
@@ -63,9 +63,10 @@ from .batch_worker import (
     _pids,
     _ready,
     _restore,
+    _strip_name,
     _work,
 )
-from .errors import AudioDenoiseError, ConfigError
+from .errors import AudioDenoiseError, ConfigError, OutputError
 from .outputs import sweep_audio_temp_files as sweep_temp_files
 
 __all__ = [
@@ -195,13 +196,11 @@ class _Runner:
         if folder not in self.swept:  # before this batch writes there
             self.swept.add(folder)
             sweep_temp_files(folder)
-        if task.dst.exists():
-            try:
-                same = task.src.exists() and os.path.samefile(task.src, task.dst)
-            except OSError:
-                same = False
-            if same:
-                return FileResult(str(task.src), str(task.dst), FAILED, "output path is the input file")
+        if os.path.lexists(task.dst):
+            try:  # never the input; never a folder, FIFO or device, even to skip it as done
+                outputs.check_output(task.dst, overwrite=True, inputs=[task.src])
+            except OutputError as exc:
+                return FileResult(str(task.src), str(task.dst), FAILED, _strip_name(str(exc), str(task.dst)))
             if not self.overwrite:
                 return FileResult(str(task.src), str(task.dst), SKIPPED)
         return None

@@ -222,6 +222,17 @@ def test_dangling_symlinks_and_fifos_named_like_audio_are_reported(tree, tmp_pat
     assert result.exit_code == 1 and "pipe.flac: is a FIFO, not a regular file" in result.stderr
 
 
+def test_a_fifo_at_an_output_path_fails_instead_of_counting_as_done(tree, tmp_path, tiny_model_file):
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / "a.wav")
+    for flags in ([], ["-f"]):
+        result = run(tree, out, "--model", tiny_model_file, "-j", 1, *flags)
+        assert result.exit_code == 1
+        assert f"  {tree / 'a.wav'}: exists and is a FIFO, not a regular file" in result.stderr
+        assert os.path.exists(out / "a.wav") and not (out / "a.wav").is_file()  # still the FIFO
+
+
 def test_report_inside_the_output_folder(tree, tmp_path, tiny_model_file):
     out = tmp_path / "out"
     result = run(tree, out, "--model", tiny_model_file, "-j", 1, "-q", "--report", out / "logs" / "report.csv")
