@@ -1,6 +1,6 @@
 """``python -m audiodenoise``: the ``audiodenoise`` command."""
 
-from .cli.main import main
+from .cli.entry import audiodenoise
 
 if __name__ == "__main__":
-    main()
+    audiodenoise()

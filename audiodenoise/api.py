@@ -23,10 +23,9 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 
-from . import audio
+from . import audio, outputs
 from .audio import AtomicWriter
 from .checkpoint import LoadedModel, load_model
 from .chunking import process_array, process_chunked
@@ -46,6 +45,8 @@ PROGRESS_MIN_SECONDS = 5.0
 # channels denoised together: bounds the STFT/model working memory of many-channel files
 # (a 30 kB WAV header claiming 1024 channels at 192 kHz took 900 MB at once, 290 MB in groups of 8)
 CHANNEL_GROUP = 8
+# lossy outputs made at most this many times to keep their decoded peaks at or below full scale
+LOSSY_ATTEMPTS = 4
 
 
 @dataclass(frozen=True)
@@ -69,9 +70,17 @@ def pretrained_path() -> Path:
 
 
 def pretrained_sha256() -> str:
-    """The checksum the shipped model must match."""
-    text = resources.files(PRETRAINED_PACKAGE).joinpath(PRETRAINED_FILE + ".sha256").read_text()
-    return text.split()[0]
+    """The checksum the shipped model must match (from ``model.safetensors.sha256`` beside it)."""
+    path = pretrained_path().with_name(PRETRAINED_FILE + ".sha256")
+    try:
+        fields = path.read_bytes().split()
+    except OSError as exc:
+        raise ModelError(f"{path}: the shipped model's checksum file cannot be read ({exc.strerror or exc}); "
+                         "reinstall audiodenoise") from None
+    digest = fields[0].decode("ascii", "replace").lower() if fields else ""
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ModelError(f"{path}: not a SHA-256 checksum file; reinstall audiodenoise")
+    return digest
 
 
 def resolve_device(device: str) -> torch.device:
@@ -229,12 +238,7 @@ class Denoiser:
         """
         src, dst = Path(src), Path(dst)
         meta = audio.info(src)
-        if dst.exists() and dst.resolve() == src.resolve():
-            raise AudioError(f"{dst}: output path is the input file; choose another output path")
-        if dst.is_dir():
-            raise AudioError(f"{dst}: is a folder, expected an output file path")
-        if dst.exists() and not overwrite:
-            raise AudioError(f"{dst}: already exists; pass --overwrite to replace it")
+        outputs.check_output(dst, overwrite=overwrite, inputs=[src])
         fmt, out_subtype = audio.output_format(dst, like=meta)
         if subtype is not None:
             out_subtype = subtype
@@ -242,19 +246,35 @@ class Denoiser:
             dst.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise AudioError(f"{dst}: cannot create output folder ({exc.strerror})") from None
+        integer_output = not out_subtype.startswith(("FLOAT", "DOUBLE"))
+        lossy = self.limiter and fmt in audio.LOSSY_FORMATS
+        # a lossy codec's output peaks above its input's: the limiter bends at a lower ceiling, and
+        # the decoded temp file is checked before it is renamed; if it still goes above full scale,
+        # the file is made again at a gain that leaves the measured overshoot room
+        limit = {"ceiling": audio.LOSSY_CEILING, "gain": 1.0} if lossy else {}
         bar = _progress_bar(meta, enabled=progress)
         try:
-            with sf.SoundFile(str(src)) as fh, AtomicWriter(
-                dst, sample_rate=meta.sample_rate, channels=meta.channels, format=fmt, subtype=out_subtype
-            ) as writer:
-                process_chunked(
-                    lambda a, b: audio.read_segment(fh, a, b, name=str(src)),
-                    self._chunk_fn(meta.sample_rate, integer_output=not out_subtype.startswith(("FLOAT", "DOUBLE"))),
-                    writer.write,
-                    meta.frames,
-                    on_progress=(lambda n: bar.update(n / meta.sample_rate)) if bar else None,
-                    **self._plan(meta.sample_rate),
-                )
+            for _ in range(LOSSY_ATTEMPTS):
+                try:
+                    with audio.open_sound(src) as fh, AtomicWriter(
+                        dst, sample_rate=meta.sample_rate, channels=meta.channels, format=fmt, subtype=out_subtype,
+                        check=audio.check_decoded_peak if lossy else None,
+                    ) as writer:
+                        process_chunked(
+                            lambda a, b: audio.read_segment(fh, a, b, name=str(src)),
+                            self._chunk_fn(meta.sample_rate, integer_output=integer_output, **limit),
+                            writer.write,
+                            meta.frames,
+                            on_progress=(lambda n: bar.update(n / meta.sample_rate)) if bar else None,
+                            **self._plan(meta.sample_rate),
+                        )
+                    break
+                except audio.Overshoot as over:
+                    limit["gain"] *= audio.LOSSY_TARGET_PEAK / over.peak
+                    if bar is not None:
+                        bar.reset()
+            else:
+                raise AudioError(f"{dst}: the {fmt} encoder kept peaks above full scale; write a lossless format")
         finally:
             if bar is not None:
                 bar.close()
@@ -276,13 +296,20 @@ class Denoiser:
             "align": _grid_alignment(sample_rate, native.hop_length, model_rate, self.features.hop_length),
         }
 
-    def _chunk_fn(self, sample_rate: int, *, integer_output: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+    def _chunk_fn(
+        self, sample_rate: int, *, integer_output: bool = False, ceiling: float = audio.LIMIT_CEILING,
+        gain: float = 1.0,
+    ) -> Callable[[np.ndarray], np.ndarray]:
+        knee = min(audio.LIMIT_KNEE, ceiling * audio.LIMIT_KNEE / audio.LIMIT_CEILING)
+
         def fn(segment: np.ndarray) -> np.ndarray:
             out = self._denoise_segment(segment, sample_rate)
             if not np.isfinite(out).all():  # last guard: never write NaN (weights are checked on load)
                 raise ModelError("the model produced NaN or infinite samples; its weights may be broken")
             if self.limiter:
-                out = audio.soft_limit(out)
+                out = audio.soft_limit(out, knee=knee, ceiling=ceiling)
+                if gain != 1.0:
+                    out = out * np.float32(gain)
             elif integer_output:
                 out = np.clip(out, -1.0, 1.0)
             return out

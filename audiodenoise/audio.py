@@ -5,11 +5,11 @@ Signals are ``float32`` arrays shaped ``[channels, time]``.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import re
 import shutil
-import tempfile
-from collections.abc import Iterator
+import stat
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from . import _stderr, outputs, wholeness
 from .errors import AudioError
 
 MIN_SAMPLE_RATE = 8000
@@ -24,17 +25,19 @@ MAX_SAMPLE_RATE = 192000
 # how far above 1.0 the soft limiter lets no sample go, and where it starts bending
 LIMIT_CEILING = 0.999
 LIMIT_KNEE = 0.9
+# lossy outputs (MP3, Ogg Vorbis/Opus): the decoded signal peaks above the encoded one (1.07-1.08 on
+# denoised speech at a 0.999 ceiling, up to 3x on clipped white noise), so the limiter bends at
+# -1 dBFS, and a decoded peak above LOSSY_MAX_PEAK makes the file again at a lower gain
+LOSSY_FORMATS = frozenset({"MP3", "OGG"})
+LOSSY_CEILING = 0.89
+LOSSY_MAX_PEAK = 1.0
+LOSSY_TARGET_PEAK = 0.97
 # float samples beyond this are not audio (the STFT of 3e38 overflows to NaN); 1e12 leaves room for
 # float files written in integer scale (+-2**31)
 MAX_SAMPLE_MAGNITUDE = 1e12
 
-# libsndfile's log line for a WAV whose data chunk claims more bytes than the file holds
-_WAV_DATA_SHORT = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
-# data sizes at or above this are the "length unknown" markers streaming writers leave in the header
-_WAV_SIZE_UNKNOWN = 0x7FFF0000
 # subtypes that may be carried into another container; codecs (VORBIS, OPUS, MPEG) belong to theirs
 _PORTABLE_SUBTYPES = ("PCM_", "FLOAT", "DOUBLE", "ULAW", "ALAW")
-_OGG_TAIL_BYTES = 1 << 17  # an Ogg page is at most 65,307 bytes
 _DEEP_SUBTYPES = {"PCM_24", "PCM_32", "FLOAT", "DOUBLE"}
 
 # extension -> libsndfile major format, for the formats people use
@@ -83,17 +86,24 @@ def info(path: str | os.PathLike) -> AudioInfo:
     name = str(path)
     p = Path(path)
     if not p.exists():
-        raise AudioError(f"{name}: file not found")
+        raise AudioError(f"{name}: {not_a_regular_file(p) or 'file not found'}")
     if p.is_dir():
         raise AudioError(f"{name}: is a folder, expected an audio file")
+    if not p.is_file():  # a FIFO or a device: opening it could block, and it is not a file
+        raise AudioError(f"{name}: {not_a_regular_file(p)}")
     if p.stat().st_size == 0:
         raise AudioError(f"{name}: file is empty")
     try:
-        with sf.SoundFile(name) as fh:
+        with _stderr.capture() as noise, open_sound(p) as fh:
             result = AudioInfo(name, fh.samplerate, fh.channels, fh.frames, fh.format, fh.subtype)
-            truncated = _wav_truncation(fh) or _ogg_truncation(p, fh)
+            truncated = wholeness.wav_truncation(fh) or wholeness.ogg_truncation(p, fh)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        raise AudioError(f"{name}: not a readable audio file ({_reason(exc)})") from None
+        # libsndfile says "File does not exist or is not a regular file" when the MPEG decoder gives up
+        decoder = noise.reason()
+        reason = f"MPEG decoder: {decoder}" if decoder else _reason(exc)
+        raise AudioError(f"{name}: not a readable audio file ({reason})") from None
+    if result.format == "MP3" and noise.reason():
+        raise AudioError(f"{name}: damaged MPEG audio ({noise.reason()})")
     if truncated:
         raise AudioError(f"{name}: file is truncated ({truncated})")
     if result.channels < 1:
@@ -102,6 +112,26 @@ def info(path: str | os.PathLike) -> AudioInfo:
         raise AudioError(f"{name}: holds no samples")
     check_sample_rate(result.sample_rate, name=name)
     return result
+
+
+def open_sound(path: str | os.PathLike, mode: str = "r", **kwargs) -> sf.SoundFile:
+    """``soundfile.SoundFile`` on ``path`` given as bytes, so file names that are not UTF-8 work."""
+    return sf.SoundFile(os.fsencode(path), mode, **kwargs)
+
+
+def not_a_regular_file(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be read as an audio file (a dangling symlink, a FIFO, a device, missing); None if it can."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return f"is a dangling symlink (to {os.readlink(path)}), no file to read"
+        return "file not found"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return f"is {outputs.file_kind(mode)}, not a regular file"
 
 
 def check_sample_rate(sample_rate: int, *, name: str = "input") -> None:
@@ -135,17 +165,29 @@ def read_segment(fh: sf.SoundFile, start: int, stop: int, *, name: str) -> np.nd
     A file that ends early (truncated) or holds non-finite samples raises
     :class:`AudioError`.
     """
+    mpeg = fh.format == "MP3"
     try:
-        fh.seek(start)
-        data = fh.read(stop - start, dtype="float32", always_2d=True)
+        with _stderr.capture() if mpeg else contextlib.nullcontext() as noise:
+            fh.seek(start)
+            data = fh.read(stop - start, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise AudioError(f"{name}: read failed at sample {start} ({_reason(exc)})") from None
+    if mpeg and noise.reason():
+        # libmpg123 resyncs past damaged frames and goes on; what it decodes there is not the recording
+        raise AudioError(f"{name}: damaged MPEG audio in samples {start}-{stop} ({noise.reason()})")
     if data.shape[0] != stop - start:
+        if mpeg:  # an MP3 has no length to be cut short of: the decoder lost its way
+            raise AudioError(f"{name}: damaged or cut MPEG audio (the header says {fh.frames} samples, "
+                             f"decoding stopped at {start + data.shape[0]})")
         raise AudioError(
             f"{name}: file is truncated (header says {fh.frames} samples, "
             f"reading stopped at {start + data.shape[0]})"
         )
     wav = np.ascontiguousarray(data.T)
+    if fh.subtype == "DOUBLE" and not np.isfinite(wav).all():
+        # 1e300 is finite in the file but infinite as float32: name what the file holds
+        fh.seek(start)
+        check_signal(np.ascontiguousarray(fh.read(stop - start, dtype="float64", always_2d=True).T), name=name)
     check_signal(wav, name=name)
     return wav
 
@@ -155,7 +197,7 @@ def read_blocks(
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(start, block [channels, n])`` through a whole file."""
     meta = meta or info(path)
-    with sf.SoundFile(str(path)) as fh:
+    with open_sound(path) as fh:
         for start in range(0, meta.frames, block_frames):
             yield start, read_segment(fh, start, min(meta.frames, start + block_frames), name=meta.path)
 
@@ -190,7 +232,12 @@ def missing_folders(path: str | os.PathLike) -> list[Path]:
     """The folders above ``path`` that do not exist yet, deepest first."""
     missing = []
     folder = Path(path).absolute().parent
-    while not folder.exists() and folder != folder.parent:
+    while folder != folder.parent:
+        try:
+            if folder.exists():
+                break
+        except OSError:  # e.g. a path too long to look up: the output check names the problem
+            return []
         missing.append(folder)
         folder = folder.parent
     return missing
@@ -222,8 +269,10 @@ class AtomicWriter:
         channels: int,
         format: str,
         subtype: str,
+        check: Callable[[Path], None] | None = None,
     ) -> None:
         self.path = Path(path)
+        self.check = check  # runs on the finished temp file; raising keeps the old output
         self.sample_rate = sample_rate
         self.channels = channels
         self.format = format
@@ -232,19 +281,11 @@ class AtomicWriter:
         self._fh: sf.SoundFile | None = None
 
     def __enter__(self) -> AtomicWriter:
-        folder = self.path.parent
-        if not folder.is_dir():
-            raise AudioError(f"{self.path}: output folder {folder} does not exist")
+        self._tmp = outputs.make_temp(self.path, suffix=outputs.AUDIO_TEMP_SUFFIX)
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part" + self.path.suffix, dir=folder)
-        except OSError as exc:
-            raise AudioError(f"{self.path}: cannot write to {folder} ({exc.strerror or exc})") from None
-        os.close(fd)
-        self._tmp = Path(tmp)
-        os.chmod(tmp, new_file_mode())  # mkstemp makes 0600; the output gets a normal file's mode
-        try:
-            self._fh = sf.SoundFile(
-                tmp, "w", samplerate=self.sample_rate, channels=self.channels, format=self.format, subtype=self.subtype
+            self._fh = open_sound(
+                self._tmp, "w", samplerate=self.sample_rate, channels=self.channels, format=self.format,
+                subtype=self.subtype,
             )
         except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
             self._tmp.unlink(missing_ok=True)
@@ -281,53 +322,31 @@ class AtomicWriter:
         if exc_type is not None:
             self._tmp.unlink(missing_ok=True)
             return
-        try:
-            os.replace(self._tmp, self.path)
-        except OSError as os_exc:
-            self._tmp.unlink(missing_ok=True)
-            raise AudioError(f"{self.path}: cannot rename output into place ({os_exc.strerror})") from None
+        if self.check is not None:
+            try:
+                self.check(self._tmp)
+            except BaseException:
+                self._tmp.unlink(missing_ok=True)
+                raise
+        outputs.commit(self._tmp, self.path)  # keeps the mode of a file it replaces
 
 
-def new_file_mode() -> int:
-    """Permission bits of a newly created file under the current umask (``0o666 & ~umask``)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+class Overshoot(Exception):
+    """A written lossy file decodes with a peak above :data:`LOSSY_MAX_PEAK`."""
+
+    def __init__(self, peak: float) -> None:
+        super().__init__(f"decoded peak {peak:.4f}")
+        self.peak = peak
 
 
-def _wav_truncation(fh: sf.SoundFile) -> str | None:
-    """Why an open WAV file is truncated, from libsndfile's header log; None if it is whole."""
-    if fh.format not in ("WAV", "WAVEX"):
-        return None
-    match = _WAV_DATA_SHORT.search(fh.extra_info)
-    if match is None:
-        return None
-    declared, present = int(match[1]), int(match[2])
-    if declared <= present or declared >= _WAV_SIZE_UNKNOWN:
-        return None
-    return f"header says {declared} bytes of audio data, the file holds {present}"
-
-
-def _ogg_truncation(path: Path, fh: sf.SoundFile) -> str | None:
-    """Why an Ogg file (Vorbis, Opus, FLAC in Ogg) is truncated; None if it is whole.
-
-    libsndfile reads a cut Ogg file without complaint, as a shorter one. A cut
-    almost always falls inside a page; one exactly at a page boundary is not
-    caught, as some encoders never set the end-of-stream flag that would tell.
-    """
-    if fh.format != "OGG":
-        return None
-    with open(path, "rb") as raw:
-        raw.seek(max(0, path.stat().st_size - _OGG_TAIL_BYTES))
-        tail = raw.read()
-    start = tail.rfind(b"OggS")
-    if start < 0 or len(tail) < start + 27:
-        return "the file ends inside an Ogg page"
-    n_segments = tail[start + 26]
-    table = tail[start + 27 : start + 27 + n_segments]
-    if len(table) < n_segments or len(tail) < start + 27 + n_segments + sum(table):
-        return "the file ends inside an Ogg page"
-    return None
+def check_decoded_peak(path: str | os.PathLike, *, block_frames: int = 1 << 18) -> None:
+    """Decode ``path`` block by block; raise :class:`Overshoot` if any sample exceeds :data:`LOSSY_MAX_PEAK`."""
+    peak = 0.0
+    with _stderr.capture(), open_sound(path) as fh:
+        for block in fh.blocks(blocksize=block_frames, dtype="float32", always_2d=True):
+            peak = max(peak, float(np.abs(block).max(initial=0.0)))
+    if peak > LOSSY_MAX_PEAK:
+        raise Overshoot(peak)
 
 
 def resample(wav: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from . import __version__
-from .audio import new_file_mode
+from . import __version__, outputs
 from .errors import ConfigError, ModelError
 from .features import FeatureConfig
 from .model import DenoisingAutoencoder, ModelConfig
@@ -140,19 +138,8 @@ def load_state_strict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], 
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, new_file_mode())  # mkstemp makes 0600; the file gets a normal file's mode
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``data`` to ``path`` through a temp file in the same folder (synced, the replaced file's mode kept)."""
+    outputs.write_bytes(path, data, fsync=True)
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -27,3 +27,7 @@ class DatasetError(AudioDenoiseError):
 
 class TrainingError(AudioDenoiseError):
     """Training that cannot start or cannot go on (e.g. the loss became NaN)."""
+
+
+class OutputError(AudioDenoiseError):
+    """An output path that must not or cannot be written (an input, an existing file, a FIFO, too long)."""

@@ -97,7 +97,9 @@ def read_scoring(path: str | os.PathLike) -> np.ndarray:
     """A file as the protocol reads it: float64, mono, 16 kHz, ``[time]``."""
     meta = audio.info(path)
     try:
-        data, sample_rate = sf.read(str(path), dtype="float64", always_2d=True)
+        with audio.open_sound(path) as fh:
+            data = fh.read(dtype="float64", always_2d=True)
+        audio.check_signal(data, name=str(path))
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise AudioError(f"{path}: not a readable audio file ({exc})") from None
     return prepare(data.T, meta.sample_rate)

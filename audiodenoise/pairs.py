@@ -76,6 +76,9 @@ def read_pairs_csv(path: str | os.PathLike) -> dict[str, float | None]:
                     raise DatasetError(f"{path}: line {line}: snr_db {value!r} is not finite")
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read pairs file ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, csv.Error) as exc:  # a binary file given as --pairs
+        reason = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc)
+        raise DatasetError(f"{path}: not a CSV pairs file ({reason})") from None
     return snrs
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import audio
-from .errors import AudioDenoiseError
+from . import audio, outputs
+from .errors import AudioDenoiseError, OutputError
 
 # longer files are shown from their start: a picture of hours is unreadable
 PLOT_MAX_SECONDS = 60.0
@@ -141,9 +141,27 @@ def colour_bar_png(png: str | os.PathLike) -> None:
 
 
 def save_figure(fig, png: str | os.PathLike, *, dpi: int) -> None:
-    """Save ``fig`` as PNG through a temp file beside ``png``, renamed into place."""
+    """Save ``fig`` in the format ``png``'s extension names, through a temp file renamed into place."""
     from .report import write_bytes_atomic
 
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
+    fig.savefig(buffer, format=plot_format(png), dpi=dpi)
     write_bytes_atomic(png, buffer.getvalue(), what="plot")
+
+
+def plot_format(path: str | os.PathLike) -> str:
+    """The picture format ``path``'s extension asks for; :class:`OutputError` if matplotlib cannot write it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    ext = Path(path).suffix.lower().lstrip(".")
+    known = FigureCanvasAgg.get_supported_filetypes()
+    if ext not in known:
+        raise OutputError(f"{outputs.display(path)}: cannot write a plot as {ext or '(no extension)'!r}; "
+                          f"use one of {', '.join(sorted(known))}")
+    return ext
+
+
+def check_plot_path(path: str | os.PathLike, *, overwrite: bool = False, inputs=(), planned=()) -> Path:
+    """Raise :class:`OutputError` unless a plot can be written to ``path`` (format and place)."""
+    plot_format(path)
+    return outputs.check_output(path, overwrite=overwrite, inputs=inputs, planned=planned, what="plot")

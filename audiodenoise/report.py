@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .audio import new_file_mode
+from . import outputs
 from .errors import AudioDenoiseError, ConfigError
 from .metrics import DECOMPOSITION, METRICS, mean_ci
 from .pairs import SNR_GROUPS
@@ -188,20 +188,13 @@ def write_text_atomic(path: str | os.PathLike, text: str, *, what: str) -> None:
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, what: str) -> None:
-    """Write ``data`` to a temp file beside ``path`` and rename it into place, keeping a replaced file's mode."""
+    """Write ``data`` through :func:`audiodenoise.outputs.write_bytes` (temp file beside ``path``, short name,
+    a replaced file's mode kept)."""
     path = Path(path)
-    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        mode = path.stat().st_mode & 0o7777 if path.is_file() else new_file_mode()
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
+        outputs.write_bytes(path, data)
     except OSError as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
         raise AudioDenoiseError(f"{path}: cannot write {what} ({exc.strerror or exc})") from None
 
 

@@ -13,10 +13,10 @@ import soundfile as sf
 import torch
 from conftest import make_model, speech_like, write_audio
 
-from audiodenoise import audio
+from audiodenoise import audio, outputs
 from audiodenoise.api import Denoiser
 from audiodenoise.audio import AtomicWriter, output_format, soft_limit
-from audiodenoise.errors import AudioError
+from audiodenoise.errors import AudioError, OutputError
 from audiodenoise.features import FeatureConfig
 
 
@@ -245,9 +245,33 @@ def test_streamed_wav_with_unknown_length_is_not_called_truncated(tmp_path, decl
     path = write_audio(tmp_path / "in.wav", speech_like(16000, 0.5), 16000, "PCM_16")
     data = bytearray(path.read_bytes())
     at = data.find(b"data")
-    data[at + 4 : at + 8] = struct.pack("<I", declared)  # what a writer to a pipe leaves in the header
+    # what a writer to a pipe leaves in the header: neither size filled in (ffmpeg: both -1)
+    data[at + 4 : at + 8] = struct.pack("<I", declared)
+    data[4:8] = struct.pack("<I", declared)
     path.write_bytes(bytes(data))
     assert audio.info(path).frames == 8000
+
+
+@pytest.mark.parametrize("declared", [0x7FFF0000, 0x7FFFFFF0, 0x7FFFFFFF, 0xFFFFFFFF])
+def test_a_2_gb_data_size_beside_a_true_riff_size_is_refused(tmp_path, declared):
+    # the RIFF size says the writer knew the file's length, so a data size of ~2 GB is false
+    path = write_audio(tmp_path / "in.wav", speech_like(16000, 0.1), 16000, "PCM_16")
+    data = bytearray(path.read_bytes())
+    assert len(data) < 3300  # a 3 kB body
+    at = data.find(b"data")
+    data[at + 4 : at + 8] = struct.pack("<I", declared)
+    path.write_bytes(bytes(data))
+    with pytest.raises(AudioError, match=f"in.wav: file is truncated \\(header says {declared} bytes of audio"):
+        audio.info(path)
+
+
+def test_a_finite_1e300_sample_is_named_by_its_magnitude_not_as_infinite(tmp_path, denoiser):
+    wav = speech_like(16000, 1.0).astype(np.float64)
+    wav[0, 12345] = 1e300  # finite in a 64-bit float file, infinite once read as float32
+    src = write_audio(tmp_path / "in.wav", wav, 16000, "DOUBLE")
+    with pytest.raises(AudioError, match="in.wav: holds samples of magnitude 1e\\+300, far beyond full scale"):
+        denoiser.denoise_file(src, tmp_path / "out.wav")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.wav"]
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -287,7 +311,7 @@ def test_atomic_writer_replaces_on_success(tmp_path):
 
 
 def test_atomic_writer_needs_an_existing_folder(tmp_path):
-    with pytest.raises(AudioError, match="output folder .* does not exist"):
+    with pytest.raises(OutputError, match="output folder .* does not exist"):
         with AtomicWriter(tmp_path / "no" / "out.wav", sample_rate=8000, channels=1, format="WAV", subtype="PCM_16"):
             pass
 
@@ -296,8 +320,8 @@ def test_atomic_writer_reports_an_unwritable_folder(tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(audio.tempfile, "mkstemp", denied)
-    with pytest.raises(AudioError, match="cannot write to .*Permission denied"):
+    monkeypatch.setattr(outputs.tempfile, "mkstemp", denied)
+    with pytest.raises(OutputError, match="cannot write to .*Permission denied"):
         with AtomicWriter(tmp_path / "out.wav", sample_rate=8000, channels=1, format="WAV", subtype="PCM_16"):
             pass
 
@@ -339,3 +363,68 @@ def test_input_is_never_modified(tmp_path, denoiser):
     mtime = os.stat(src).st_mtime_ns
     denoiser.denoise_file(src, tmp_path / "out.wav")
     assert src.read_bytes() == before and os.stat(src).st_mtime_ns == mtime
+
+
+# -- MP3 damage and the decoder's own messages ------------------------------------------------------
+
+
+def _mp3(path: Path) -> Path:
+    return write_audio(path, speech_like(16000, 3.0), 16000)
+
+
+def _damage(path: Path, how: str) -> Path:
+    data = bytearray(path.read_bytes())
+    if how == "xor-start":  # every 7th byte of the first 2 kB
+        for i in range(0, 2000, 7):
+            data[i] ^= 0x55
+    else:  # 20 single-bit flips in the body
+        rng = np.random.default_rng(int(how.split("-")[1]))
+        for _ in range(2):  # the second draw of the seeded sequence, as in the probe that found it
+            picks = [(int(p), int(rng.integers(0, 8))) for p in rng.integers(500, len(data), 20)]
+        for pos, bit in picks:
+            data[pos] ^= 1 << bit
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_whole_mp3_is_read_without_decoder_messages(tmp_path, denoiser, capfd):
+    src = _mp3(tmp_path / "in.mp3")
+    denoiser.denoise_file(src, tmp_path / "out.wav")
+    assert sf.info(str(tmp_path / "out.wav")).frames == audio.info(src).frames
+    assert capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize("how", ["xor-start", "flips-1"])
+def test_a_damaged_mp3_is_refused_and_the_decoder_stays_quiet(tmp_path, denoiser, capfd, how):
+    src = _damage(_mp3(tmp_path / "in.mp3"), how)
+    with pytest.raises(AudioError, match="in.mp3: damaged MPEG audio") as info:
+        denoiser.denoise_file(src, tmp_path / "out.wav")
+    assert "\n" not in str(info.value)
+    assert capfd.readouterr().err == ""  # libmpg123's "error: dequantization failed!" lines are caught
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp3"]
+
+
+def test_an_mp3_with_a_broken_first_header_gets_the_decoders_reason(tmp_path, capfd):
+    src = _mp3(tmp_path / "in.mp3")
+    data = bytearray(src.read_bytes())
+    data[:4] = b"\xff\xff\xff\xff"
+    src.write_bytes(bytes(data))
+    with pytest.raises(AudioError, match="in.mp3: (damaged MPEG audio|not a readable audio file \\(MPEG decoder)"):
+        audio.load(src)
+    assert capfd.readouterr().err == ""
+
+
+# -- file names that are not UTF-8 --------------------------------------------------------------------
+
+
+def test_file_names_that_are_not_utf8_are_read_and_written(tmp_path, denoiser):
+    folder = os.fsdecode(bytes(tmp_path) + b"/d\xe9j\xe0")  # Latin-1 bytes: legal, not UTF-8
+    os.mkdir(folder)
+    src = os.path.join(folder, os.fsdecode(b"caf\xe9.wav"))
+    write_audio(Path(os.fsdecode(bytes(tmp_path) + b"/plain.wav")), speech_like(16000, 0.5), 16000)
+    os.rename(tmp_path / "plain.wav", src)
+    dst = os.path.join(folder, os.fsdecode(b"out-\xff.flac"))
+    result = denoiser.denoise_file(src, dst)
+    assert result.frames == 8000
+    assert sorted(os.listdir(os.fsencode(folder))) == [b"caf\xe9.wav", b"out-\xff.flac"]
+    assert audio.info(dst).frames == 8000

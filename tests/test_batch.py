@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -203,6 +204,35 @@ def test_bad_files_are_reported_and_the_rest_written(mixed, tmp_path, tiny_model
         assert reason in by_input[rel]["reason"]
 
 
+def test_dangling_symlinks_and_fifos_named_like_audio_are_reported(tree, tmp_path, tiny_model_file):
+    (tree / "gone.wav").symlink_to(tree / "deleted.wav")
+    os.mkfifo(tree / "sub" / "pipe.flac")
+    out, report = tmp_path / "out", tmp_path / "report.json"
+    result = run(tree, out, "--model", tiny_model_file, "-j", 1, "--report", report)
+    assert result.exit_code == 1
+    assert "4 of 6 files denoised, 2 failed, 0 skipped (already done)" in result.stderr
+    assert f"  {tree / 'gone.wav'}: is a dangling symlink (to {tree / 'deleted.wav'})" in result.stderr
+    assert f"  {tree / 'sub' / 'pipe.flac'}: is a FIFO, not a regular file" in result.stderr
+    rows = {Path(r["input"]).name: r for r in json.loads(report.read_text())["files"]}
+    assert rows["gone.wav"]["status"] == rows["pipe.flac"]["status"] == "failed"
+    assert "FIFO" in rows["pipe.flac"]["reason"] and "dangling symlink" in rows["gone.wav"]["reason"]
+    assert files_under(out) == set(TREE)
+    # given by name, a FIFO is named as one too (and is never opened, which would block)
+    result = run(tree / "sub" / "pipe.flac", "-o", tmp_path / "out2", "--model", tiny_model_file, "-q")
+    assert result.exit_code == 1 and "pipe.flac: is a FIFO, not a regular file" in result.stderr
+
+
+def test_a_fifo_at_an_output_path_fails_instead_of_counting_as_done(tree, tmp_path, tiny_model_file):
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / "a.wav")
+    for flags in ([], ["-f"]):
+        result = run(tree, out, "--model", tiny_model_file, "-j", 1, *flags)
+        assert result.exit_code == 1
+        assert f"  {tree / 'a.wav'}: exists and is a FIFO, not a regular file" in result.stderr
+        assert os.path.exists(out / "a.wav") and not (out / "a.wav").is_file()  # still the FIFO
+
+
 def test_report_inside_the_output_folder(tree, tmp_path, tiny_model_file):
     out = tmp_path / "out"
     result = run(tree, out, "--model", tiny_model_file, "-j", 1, "-q", "--report", out / "logs" / "report.csv")
@@ -288,8 +318,11 @@ def test_existing_outputs_are_skipped_and_overwrite_redoes_them(tree, tmp_path, 
 def test_partial_outputs_left_by_a_killed_worker_are_swept(tree, tmp_path, tiny_model_file):
     out = tmp_path / "out"
     (out / "sub").mkdir(parents=True)
-    leftovers = [out / ".a.wav.k3x_9q2z.part.wav", out / "sub" / ".c.flac.abcdefgh.part.flac"]
-    keep = [out / "notes.part.wav", out / ".other.wav.abc.part.wav", out / "sub" / ".c.flac.abcdefgh.part.wav"]
+    # today's temp names, and the longer form of earlier versions
+    leftovers = [out / ".ad-k3x_9q2z.part", out / "sub" / ".ad-abcdefgh.part", out / ".a.wav.k3x_9q2z.part.wav",
+                 out / "sub" / ".c.flac.abcdefgh.part.flac"]
+    keep = [out / "notes.part.wav", out / ".other.wav.abc.part.wav", out / "sub" / ".c.flac.abcdefgh.part.wav",
+            out / ".ad-abcdefgh.tmp", out / ".ad-abc.part", out / "sub" / "ad-abcdefgh.part"]
     for p in leftovers + keep:
         p.write_bytes(b"RIFF")
     result = run(tree, out, "--model", tiny_model_file, "-j", 1, "-q")
@@ -477,3 +510,51 @@ def test_interrupt_leaves_no_partial_file_and_a_rerun_finishes(tmp_path, full_si
     for rel in names:
         wav, sample_rate = sf.read(str(out / rel))
         assert sample_rate == 16000 and wav.shape == (3 * 16000,) and np.isfinite(wav).all()
+
+
+def live_processes_in_group(pgid: int) -> list[str]:
+    """``pid comm`` of the processes (zombies aside) in process group ``pgid``."""
+    found = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat_file.read_text()
+        except OSError:
+            continue
+        comm_end = text.rindex(")")
+        state, _ppid, pgrp = text[comm_end + 2 :].split()[:3]
+        if int(pgrp) == pgid and state != "Z":
+            found.append(f"{stat_file.parent.name} {text[text.index('(') + 1 : comm_end]}")
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_workers_exit_when_the_batch_is_killed_outright(tmp_path, full_size_model_file):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i in range(12):
+        write_audio(src / f"f{i:02d}.wav", speech_like(16000, 3.0, seed=i), 16000)
+    proc = subprocess.Popen(
+        denoise_command(2) + [str(src), str(out), "--model", str(full_size_model_file), "-j", "2", "-q"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not temp_files(out):  # the workers are up and writing
+            assert proc.poll() is None and time.monotonic() < deadline, "batch did not start"
+            time.sleep(0.01)
+        assert len(live_processes_in_group(proc.pid)) >= 4  # the batch, the forkserver, two workers
+        os.kill(proc.pid, signal.SIGKILL)  # the batch only, as the OOM killer would
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 30  # before the fix they lived on for over ten minutes
+        while live_processes_in_group(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert live_processes_in_group(proc.pid) == []
+        # and nothing holds the command's stdout any more: a pipe after `denoise` ends
+        ready, _, _ = select.select([proc.stdout], [], [], 10)
+        assert ready and proc.stdout.read() == b""
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.stdout.close()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ import torch
 from conftest import make_model, speech_like, write_audio
 from typer.testing import CliRunner
 
-from audiodenoise import __version__, audio
+from audiodenoise import __version__, outputs
 from audiodenoise.api import Denoiser
 from audiodenoise.checkpoint import save_model
 from audiodenoise.cli.denoise import app
@@ -254,7 +256,7 @@ def test_output_folder_refusing_writes(tmp_path, src, tiny_model_file, monkeypat
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(audio.tempfile, "mkstemp", denied)
+    monkeypatch.setattr(outputs.tempfile, "mkstemp", denied)
     before = snapshot(tmp_path)
     assert_one_error_line(run(src, tmp_path / "out.wav", "--model", tiny_model_file), "Permission denied")
     assert snapshot(tmp_path) == before
@@ -278,7 +280,7 @@ def test_a_run_creates_missing_output_folders(tmp_path, src, tiny_model_file):
 
 
 def test_output_under_a_file_instead_of_a_folder(tmp_path, src, tiny_model_file):
-    assert_one_error_line(run(src, src / "out.wav", "--model", tiny_model_file), "cannot create output folder")
+    assert_one_error_line(run(src, src / "out.wav", "--model", tiny_model_file), "in.wav is not a folder")
 
 
 def test_bad_model_file(tmp_path, src):
@@ -378,3 +380,34 @@ def test_console_script_error_path(tmp_path, tiny_model_file):
     assert result.stderr == f"denoise: error: {tmp_path / 'missing.wav'}: file not found\n"
     assert result.stdout == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def _maps_torch(pid: int) -> bool:
+    try:
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc to see torch being imported")
+@pytest.mark.parametrize("prog, sig", [("denoise", signal.SIGINT), ("denoise", signal.SIGTERM),
+                                       ("audiodenoise", signal.SIGTERM)])
+def test_a_signal_while_torch_imports_exits_130_without_a_traceback(tmp_path, src, tiny_model_file, prog, sig):
+    script = Path(sys.executable).with_name(prog)
+    if not script.exists():
+        pytest.skip(f"the {prog} console script is not installed")
+    args = ["info", str(tiny_model_file)] if prog == "audiodenoise" else [str(src), str(tmp_path / "out.wav")]
+    proc = subprocess.Popen([str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while not _maps_torch(proc.pid):  # torch's import has begun (it goes on for a while after this)
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.002)
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, (proc.returncode, stderr)
+    assert stderr == f"{prog}: error: interrupted; no partial output was left\n"
+    assert stdout == ""
+    assert not (tmp_path / "out.wav").exists()

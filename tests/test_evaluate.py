@@ -159,6 +159,15 @@ def test_pairs_csv_with_a_bad_snr_is_an_error(tmp_path):
         read_pairs_csv(path)
 
 
+@pytest.mark.parametrize("content", [bytes(range(256)) * 4, "id,snr_db\na,5\n".encode("utf-16")],
+                         ids=["binary", "utf-16"])
+def test_a_binary_pairs_file_is_a_clear_error(tmp_path, content):
+    path = tmp_path / "pairs.csv"
+    path.write_bytes(content)
+    with pytest.raises(DatasetError, match="pairs.csv: not a CSV pairs file"):
+        read_pairs_csv(path)
+
+
 # -- evaluate ----------------------------------------------------------------------
 
 

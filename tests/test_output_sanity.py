@@ -53,6 +53,30 @@ def test_full_scale_input_never_clips_with_the_limiter(tmp_path, boosting_model_
         assert np.abs(out).max() < 1.0
 
 
+def _clipped_speech(sample_rate: int, seconds: float) -> np.ndarray:
+    return np.clip(speech_like(sample_rate, seconds, channels=2, seed=5) * 6, -1.0, 1.0)
+
+
+def _clipped_noise(sample_rate: int, seconds: float) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return np.clip(rng.standard_normal((1, round(sample_rate * seconds))) * 2, -1.0, 1.0).astype(np.float32)
+
+
+# without the headroom and the decode check, these decoded at peaks of 1.07-3.1
+@pytest.mark.parametrize("ext, sample_rate", [("mp3", 16000), ("mp3", 44100), ("ogg", 48000), ("opus", 48000)])
+@pytest.mark.parametrize("signal", [_clipped_speech, _full_scale_square, _clipped_noise],
+                         ids=["clipped speech", "square", "clipped white noise"])
+def test_lossy_outputs_decode_at_or_below_full_scale_with_the_limiter(tmp_path, boosting_model_file, ext,
+                                                                      sample_rate, signal):
+    src = write_audio(tmp_path / "in.wav", signal(sample_rate, 2.0), sample_rate, "PCM_16")
+    dst = tmp_path / f"out.{ext}"
+    _denoise_file(src, dst, "--model", boosting_model_file)
+    out, _ = sf.read(str(dst), dtype="float32")
+    assert np.abs(out).max() <= 1.0
+    assert np.abs(out).max() > 0.25  # not silenced to get there (Opus at 48 kHz needed -6 dB on clipped speech)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["in.wav", dst.name])
+
+
 @pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24"])
 def test_without_limiter_integer_output_is_hard_clipped_not_wrapped(tmp_path, boosting_model_file, subtype):
     wav = _full_scale_square(16000, 1.0)

@@ -182,3 +182,18 @@ def test_the_pipeline_keeps_content_above_the_model_nyquist(name):
     low_in, high_in = _band_energies_db(wav.T, sample_rate)
     low_out, high_out = _band_energies_db(out, sample_rate)
     assert abs(high_out - high_in) <= 0.1 and abs(low_out - low_in) <= 0.1
+
+
+@pytest.mark.parametrize("case, checksum", [("missing", None), ("empty", b""), ("garbage", b"not a checksum\n")])
+def test_a_missing_or_broken_checksum_file_is_one_clear_error(tmp_path, monkeypatch, case, checksum):
+    # an installation whose package data lost the checksum file (one package name per case: imports are cached)
+    package = tmp_path / f"broken_install_{case}"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    shutil.copyfile(pretrained_path(), package / "model.safetensors")
+    if checksum is not None:
+        (package / "model.safetensors.sha256").write_bytes(checksum)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr("audiodenoise.api.PRETRAINED_PACKAGE", package.name)
+    with pytest.raises(ModelError, match="model.safetensors.sha256: .*reinstall audiodenoise"):
+        Denoiser.from_pretrained(device="cpu")

@@ -35,9 +35,11 @@ def run_guarded(prog: str, fn: Callable[[], int | None], *, verbose: bool) -> No
     SIGTERM is handled like Ctrl-C (exit 130, temp files removed) instead of
     killing the process with a temp file left beside the output.
     """
-    old_sigterm = None
+    old_sigterm = old_sigint = None
     if threading.current_thread() is threading.main_thread():
         old_sigterm = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # the entry point's early handler, say
+            old_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code = fn()
     except AudioDenoiseError as exc:
@@ -56,6 +58,8 @@ def run_guarded(prog: str, fn: Callable[[], int | None], *, verbose: bool) -> No
     finally:
         if old_sigterm is not None:
             signal.signal(signal.SIGTERM, old_sigterm)
+        if old_sigint is not None:
+            signal.signal(signal.SIGINT, old_sigint)
     if code:
         raise typer.Exit(code)
 

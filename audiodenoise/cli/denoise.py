@@ -9,9 +9,9 @@ from typing import Annotated
 
 import typer
 
-from .. import audio, batch
+from .. import audio, batch, outputs
 from ..api import Denoiser
-from ..errors import ConfigError
+from ..errors import ConfigError, OutputError
 from ._common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, fail, run_guarded, version_callback
 
 PROG = "denoise"
@@ -112,8 +112,9 @@ def denoise(
             else:  # FILE... -o OUT_DIR
                 plan = batch.BatchPlan.from_files(paths, output_dir, **patterns)
             if report is not None:
-                batch.check_report_path(report)
-        except ConfigError as exc:
+                batch.check_report_path(report, overwrite=overwrite,
+                                        inputs=() if plan.folder else plan.sources)
+        except (ConfigError, OutputError) as exc:
             raise fail(PROG, str(exc), code=EXIT_USAGE) from None
         factory = denoiser_factory(model, device=device, atten_lim_db=atten_lim_db, limiter=limiter)
         run_guarded(
@@ -135,6 +136,12 @@ def denoise(
     new_folders = audio.missing_folders(dst)
 
     def work() -> None:
+        # every output is checked before any work, so a bad --plot never leaves a written output behind
+        outputs.check_output(dst, overwrite=overwrite, inputs=[src])
+        if plot is not None:
+            from ..plot import check_plot_path
+
+            check_plot_path(plot, overwrite=overwrite, inputs=[src], planned=[dst])
         denoiser = load_denoiser(model, device=device, atten_lim_db=atten_lim_db, limiter=limiter)
         try:
             result = denoiser.denoise_file(src, dst, overwrite=overwrite, progress=not quiet)
@@ -146,8 +153,8 @@ def denoise(
 
             plot_before_after(src, dst, plot)
         if not quiet:
-            print(f"wrote {result.dst} ({result.duration:.1f} s, {result.sample_rate} Hz, {result.channels} ch)",
-                  file=sys.stderr)
+            print(f"wrote {outputs.display(result.dst)} ({result.duration:.1f} s, {result.sample_rate} Hz, "
+                  f"{result.channels} ch)", file=sys.stderr)
 
     run_guarded(PROG, work, verbose=verbose)
 

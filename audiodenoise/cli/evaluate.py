@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from .. import outputs
 from ._common import EXIT_ERROR, EXIT_USAGE, fail, run_guarded
 
 PROG = "audiodenoise evaluate"
@@ -53,7 +54,7 @@ def evaluate(
         Path | None, typer.Option("--csv", metavar="FILE", help="Write one row per pair as CSV.", dir_okay=False)
     ] = None,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", "-f", help="Replace an existing --html page or --csv file.")
+        bool, typer.Option("--overwrite", "-f", help="Replace existing outputs: --out, --csv, an --html page.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or messages.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks on errors.")] = False,
@@ -74,10 +75,13 @@ def evaluate(
 
         pairs_csv = pairs if pairs is not None else ev.default_pairs_csv(noisy)
         inputs = [noisy, clean, *(d for _, d in folders), *(p for p in (pairs_csv, model) if p is not None)]
+        files = _input_files(ev, noisy, clean, *(d for _, d in folders), pairs_csv, model)
+        if out is not None:  # before any work: never an input, never an existing file without --overwrite
+            outputs.check_output(out, overwrite=overwrite, inputs=files, what="report")
         if html is not None:
             check_output(html, inputs=inputs, overwrite=overwrite, folder=True)
         if csv_path is not None:
-            check_output(csv_path, inputs=inputs, overwrite=overwrite)
+            outputs.check_output(csv_path, overwrite=overwrite, inputs=files, what="CSV")
         systems: list = []
         if model is not None or not folders:
             denoiser = load_denoiser(model, device=device, atten_lim_db=atten_lim_db, limiter=True)
@@ -133,3 +137,16 @@ def _parse_denoised(values: list[str]) -> list[tuple[str | None, Path]]:
         else:
             folders.append((None, Path(value)))
     return folders
+
+
+def _input_files(ev, *paths: Path | None) -> list[Path]:
+    """The files an evaluation reads (audio directly in the given folders, the pairs CSV, the model)."""
+    files: list[Path] = []
+    for path in paths:
+        if path is None:
+            continue
+        if path.is_dir():
+            files.extend(ev.audio_files(path, role="input").values())
+        else:
+            files.append(path)
+    return files
