@@ -160,9 +160,12 @@ def prepare(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Build (or resume, or repair, or reuse) a prepared dataset in ``out``; return its summary."""
+    from .outputs import check_output_dir
+
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DatasetError(f"{out}: exists and is not a folder; choose another --out")
+    check_output_dir(out, inputs=[*clean_dirs, *noise_dirs], what="dataset folder")
     clean_files = find_audio(clean_dirs, role="clean speech")
     noise_files = find_audio(noise_dirs, role="noise")
     if not clean_files:

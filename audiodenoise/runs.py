@@ -23,6 +23,7 @@ from .checkpoint import atomic_write_bytes, load_model, save_model
 from .errors import TrainingError
 from .features import FeatureConfig
 from .model import DenoisingAutoencoder
+from .outputs import atomic_path
 
 CHECKPOINT_VERSION = 2
 FEATURES_FILE = "features.json"
@@ -33,9 +34,8 @@ def save_checkpoint(run_dir: Path, payload: dict, *, step: int, keep: int) -> Pa
     folder = run_dir / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step-{step:08d}.pt"
-    tmp = folder / f".{path.name}.tmp"
-    torch.save({"version": CHECKPOINT_VERSION, **payload}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"version": CHECKPOINT_VERSION, **payload}, tmp)
     kept = checkpoints(run_dir)
     for old in sorted(kept)[:-keep]:
         kept[old].unlink(missing_ok=True)
@@ -80,6 +80,7 @@ def export_checkpoint(run_dir: str | os.PathLike, out: str | os.PathLike, *, ste
     one that scored better at that checkpoint's validation; EMA when unknown).
     ``step`` defaults to the latest kept checkpoint.
     """
+    from .outputs import check_output
     from .training import TrainConfig
 
     run_dir, out = Path(run_dir), Path(out)
@@ -89,6 +90,7 @@ def export_checkpoint(run_dir: str | os.PathLike, out: str | os.PathLike, *, ste
         raise TrainingError(f"{out}: already exists; pass --overwrite to replace it")
     if out.resolve().parent == (run_dir / "checkpoints").resolve():
         raise TrainingError(f"{out}: is inside the run's checkpoints folder; write the model elsewhere")
+    check_output(out, overwrite=overwrite, inputs=list(checkpoints(run_dir).values()), what="model")
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         raise TrainingError(f"{run_dir}: not a training run (no config.json)")

@@ -21,6 +21,7 @@ import numpy as np
 
 from .checkpoint import atomic_write_bytes
 from .errors import DatasetError
+from .outputs import atomic_path
 
 INT16_SCALE = 32767.0
 
@@ -42,10 +43,8 @@ def write_shard(folder: Path, index: int, pieces: list[tuple[dict, np.ndarray]],
         offset += signal.size
     stream = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
     path = folder / f"{index:05d}.npy"
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.save(fh, stream)
-    os.replace(tmp, path)
     lines = [{**head, "samples": int(stream.size)}] + rows
     atomic_write_bytes(folder / f"{index:05d}.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n"
                                                               for r in lines).encode())

@@ -170,3 +170,12 @@ def test_store_round_trips_int16(dataset):
         x = data.speech.file_signal(i)
         assert x.dtype == np.float32 and np.all(np.abs(x) <= 1.0)
         assert np.allclose(x * INT16_SCALE, np.round(x * INT16_SCALE), atol=1e-3)
+
+
+def test_out_inside_the_corpus_is_refused(corpus):
+    from audiodenoise.errors import OutputError
+
+    clean, noise = corpus
+    with pytest.raises(OutputError):
+        prepare([clean], [noise], clean / "dataset", config=SMALL, **QUIET)
+    assert not (clean / "dataset").exists()

@@ -331,3 +331,17 @@ def test_stop_after_must_be_positive(dataset, tmp_path, value):
     r = _cli("train", str(dataset), "--out", str(tmp_path / "run"), "--stop-after", value)
     assert r.returncode != 0 and "--stop-after must be at least 1" in r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_export_never_replaces_a_checkpoint_and_refuses_a_folder(dataset, tmp_path):
+    run = tmp_path / "run"
+    fit(dataset, run, TINY_TRAIN, **QUIET)
+    newest = sorted((run / "checkpoints").glob("step-*.pt"))[-1]
+    before = newest.read_bytes()
+    with pytest.raises(TrainingError, match="checkpoints folder"):
+        export_checkpoint(run, newest, overwrite=True)
+    assert newest.read_bytes() == before
+    with pytest.raises(TrainingError, match="is a folder"):
+        export_checkpoint(run, tmp_path, overwrite=True)
+    r = _cli("export", str(run), str(tmp_path))
+    assert r.returncode == 1 and "is a folder" in r.stderr and len(r.stderr.strip().splitlines()) == 1
