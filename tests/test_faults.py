@@ -75,7 +75,7 @@ def _fail_soundfile(monkeypatch, method: str, *, on_call: int) -> list[str]:
     def failing(self, *args, **kwargs):
         result = original(self, *args, **kwargs)
         if self.mode == "w":
-            calls.append(self.name)
+            calls.append(os.fsdecode(self.name))  # paths reach soundfile as bytes (non-UTF-8 names)
             if len(calls) == on_call:
                 raise ENOSPC
         return result

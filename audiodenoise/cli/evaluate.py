@@ -81,6 +81,7 @@ def evaluate(
         if html is not None:
             check_output(html, inputs=inputs, overwrite=overwrite, folder=True)
         if csv_path is not None:
+            check_output(csv_path, inputs=inputs, overwrite=overwrite)
             outputs.check_output(csv_path, overwrite=overwrite, inputs=files, what="CSV")
         systems: list = []
         if model is not None or not folders:
