@@ -3,6 +3,7 @@
 >>> from audiodenoise import Denoiser
 >>> denoiser = Denoiser.from_pretrained()
 >>> clean = denoiser.denoise(noisy, sample_rate=44100)   # numpy or torch, [channels, time] or [time]
+>>> wav, rate = soundfile.read("in.wav"); clean = denoiser.denoise(wav, rate, channels_last=True)
 >>> denoiser.denoise_file("in.wav", "out.wav")
 
 The model works on a 16 kHz log-magnitude grid; a file at any other rate is
@@ -29,7 +30,7 @@ import torch
 from . import audio
 from .audio import AtomicWriter
 from .checkpoint import LoadedModel, load_model
-from .chunking import process_array, process_chunked
+from .chunking import process_array, process_chunked, process_stream
 from .errors import AudioError, ConfigError, ModelError
 from .features import FeatureConfig, analyze, istft, stft
 from .model import DenoisingAutoencoder
@@ -46,6 +47,10 @@ PROGRESS_MIN_SECONDS = 5.0
 # channels denoised together: bounds the STFT/model working memory of many-channel files
 # (a 30 kB WAV header claiming 1024 channels at 192 kHz took 900 MB at once, 290 MB in groups of 8)
 CHANNEL_GROUP = 8
+# float input peaking above this is refused: integer PCM stored as float (peak 32767), not audio at full scale 1.0
+MAX_FLOAT_PEAK = 16.0
+# a 2-D signal with more rows than columns and more rows than this is taken for [time, channels] and refused
+MAX_CHANNELS_FIRST = 64
 
 
 @dataclass(frozen=True)
@@ -139,18 +144,34 @@ class Denoiser:
 
     # -- signals -------------------------------------------------------------
 
-    def denoise(self, wav, sample_rate: int):
+    @property
+    def sample_rate(self) -> int:
+        """The model's own rate in Hz; :meth:`denoise` takes any rate from 8 to 192 kHz."""
+        return self.features.sample_rate
+
+    def denoise(self, wav, sample_rate: int, *, channels_last: bool = False):
         """Denoise a signal.
 
         Parameters
         ----------
-        wav : ndarray or Tensor, [channels, time] or [time]
+        wav : ndarray or Tensor, [channels, time] or [time]; [time, channels]
+            (what ``soundfile.read`` returns) with ``channels_last=True``.
+            A 2-D signal with more rows than columns and more than
+            :data:`MAX_CHANNELS_FIRST` rows is refused as a likely
+            [time, channels] array. Float samples are at full scale
+            1.0; a peak above :data:`MAX_FLOAT_PEAK` is refused as likely
+            integer PCM stored as float.
         sample_rate : int, 8000 to 192000
+        channels_last : ``wav`` is [time, channels]; the output is too
 
         Returns
         -------
         The same type, shape and (floating) dtype as ``wav``.
         """
+        if channels_last:
+            if getattr(wav, "ndim", None) != 2:
+                raise AudioError(f"channels_last=True expects a [time, channels] signal, got shape {tuple(wav.shape)}")
+            return self.denoise(wav.T, sample_rate).T
         is_torch = isinstance(wav, torch.Tensor)
         if is_torch:
             # numpy has no bfloat16: widen any torch float to float32 (the output gets wav's dtype back)
@@ -169,6 +190,17 @@ class Denoiser:
             raise AudioError(f"signal has no channels (shape {array.shape})")
         if data.shape[1] == 0:
             raise AudioError("signal holds no samples")
+        if data.shape[0] > max(data.shape[1], MAX_CHANNELS_FIRST):
+            raise AudioError(
+                f"signal of shape {array.shape} has more channels than samples: it looks like "
+                "[time, channels] (soundfile's layout); pass x.T or channels_last=True"
+            )
+        peak = float(np.abs(array).max())
+        if peak > MAX_FLOAT_PEAK:
+            raise AudioError(
+                f"peak {peak:.6g} is far beyond full scale (1.0): looks like integer PCM stored as float; "
+                "divide by 32768 (16-bit) or 2147483648 (32-bit)"
+            )
         if not float(sample_rate).is_integer():
             raise AudioError(f"sample rate must be a whole number of Hz, got {sample_rate!r}")
         audio.check_sample_rate(int(sample_rate))
@@ -177,6 +209,31 @@ class Denoiser:
         if is_torch:
             return torch.from_numpy(out).to(device=wav.device, dtype=wav.dtype)
         return out.astype(array.dtype, copy=False)
+
+    def denoise_batch(self, batch, sample_rate: int, *, channels_last: bool = False):
+        """Denoise several signals at one rate.
+
+        Parameters
+        ----------
+        batch : ndarray or Tensor [batch, channels, time], or a list of
+            signals as :meth:`denoise` takes them (lengths may differ)
+        sample_rate : int, 8000 to 192000
+        channels_last : the signals are [time, channels] ([batch, time, channels])
+
+        Returns
+        -------
+        The same type and shape: an array or tensor, or a list.
+        """
+        if isinstance(batch, (list, tuple)):
+            return [self.denoise(wav, sample_rate, channels_last=channels_last) for wav in batch]
+        if isinstance(batch, (torch.Tensor, np.ndarray)):
+            if batch.ndim != 3:
+                raise AudioError(f"expected a batch shaped [batch, channels, time], got shape {tuple(batch.shape)}")
+            outs = [self.denoise(wav, sample_rate, channels_last=channels_last) for wav in batch]
+            if isinstance(batch, torch.Tensor):
+                return torch.stack(outs) if outs else batch.clone()
+            return np.stack(outs) if outs else batch.copy()
+        raise AudioError(f"expected a batch array, tensor or list of signals, got {type(batch).__name__}")
 
     # -- files -----------------------------------------------------------------
 
@@ -220,13 +277,27 @@ class Denoiser:
                     self._chunk_fn(meta.sample_rate, integer_output=not out_subtype.startswith(("FLOAT", "DOUBLE"))),
                     writer.write,
                     meta.frames,
-                    on_progress=(lambda n: bar.update(n / meta.sample_rate)) if bar else None,
+                    on_progress=bar.update if bar else None,
                     **self._plan(meta.sample_rate),
                 )
         finally:
             if bar is not None:
                 bar.close()
         return DenoiseResult(str(src), str(dst), meta.sample_rate, meta.channels, meta.frames)
+
+    def denoise_blocks(
+        self, blocks, sample_rate: int, write: Callable[[np.ndarray], None], *, integer_output: bool = False
+    ) -> int:
+        """Denoise a signal of unknown length (a pipe) read forward in blocks, in bounded memory.
+
+        ``blocks`` yields ``float32 [channels, n]``; ``write`` receives the
+        denoised signal in order, the same samples :meth:`denoise` gives for
+        the whole signal. ``integer_output``: hard-clip to [-1, 1] even
+        without the limiter. Returns the number of samples.
+        """
+        audio.check_sample_rate(sample_rate)
+        fn = self._chunk_fn(sample_rate, integer_output=integer_output)
+        return process_stream(blocks, fn, write, **self._plan(sample_rate))
 
     # -- internals -------------------------------------------------------------
 
@@ -374,10 +445,12 @@ def _progress_bar(meta: audio.AudioInfo, *, enabled: bool):
         return None
     from tqdm import tqdm
 
+    # counted in samples, shown in seconds: the count ends exactly at the total (a total rounded to
+    # 0.01 s fell short of the summed chunk seconds at 44.1 kHz: a clamping warning and a negative ETA)
     return tqdm(
-        total=round(meta.duration, 2),
+        total=meta.frames,
         unit="s",
-        unit_scale=False,
+        unit_scale=1.0 / meta.sample_rate,
         desc=Path(meta.path).name,
         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}, {rate_fmt}]",
         leave=False,

@@ -8,36 +8,49 @@ from typing import Annotated
 
 import typer
 
-from ._common import EXIT_ERROR, EXIT_USAGE, fail, run_guarded
+from ._common import DEVICE_METAVAR, EXIT_ERROR, EXIT_USAGE, check_device, fail, run_guarded
 
 PROG = "audiodenoise evaluate"
 
 
 def evaluate(
-    noisy: Annotated[Path, typer.Option("--noisy", help="Folder of noisy files.", show_default=False)],
+    noisy: Annotated[Path, typer.Option("--noisy", help="Folder of noisy files.", show_default=False, metavar="DIR")],
     clean: Annotated[
         Path,
-        typer.Option("--clean", help="Folder of clean references, named like the noisy files.", show_default=False),
+        typer.Option("--clean", help="Folder of clean references, named like the noisy files.", show_default=False,
+                     metavar="DIR"),
     ],
     model: Annotated[
-        Path | None, typer.Option("--model", "-m", help="Model file to evaluate (default: the shipped model).")
+        Path | None,
+        typer.Option("--model", "-m", help="Model file to evaluate (default: the shipped model).", metavar="PATH"),
     ] = None,
     denoised: Annotated[
         Path | None,
-        typer.Option("--denoised", help="Score this folder of already-denoised files instead of running a model."),
+        typer.Option("--denoised", help="Score this folder of already-denoised files instead of running a model.",
+                     metavar="DIR"),
     ] = None,
     pairs: Annotated[
         Path | None,
-        typer.Option("--pairs", help="CSV with id and snr_db columns (default: NOISY/../pairs.csv if it exists)."),
+        typer.Option("--pairs", help="CSV with id and snr_db columns (default: NOISY/../pairs.csv if it exists).",
+                     metavar="FILE.csv"),
     ] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the full JSON report here.")] = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Processes scoring pairs in parallel.", min=1)] = 1,
-    device: Annotated[str, typer.Option(help="Device the model runs on: auto, cpu or cuda.")] = "cpu",
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the full JSON report here.", metavar="FILE.json")
+    ] = None,
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", help="Processes scoring pairs in parallel.", min=1, metavar="N")
+    ] = 1,
+    device: Annotated[
+        str,
+        typer.Option(help="Device the model runs on: auto, cpu or cuda.", metavar=DEVICE_METAVAR,
+                     callback=check_device),
+    ] = "cpu",
     atten_lim_db: Annotated[
         float | None,
-        typer.Option("--atten-lim", "-a", help="Attenuation limit in dB for the model (as in denoise).", min=0),
+        typer.Option("--atten-lim", "-a", help="Attenuation limit in dB for the model (as in denoise).", min=0,
+                     metavar="DB"),
     ] = None,
-    name: Annotated[str | None, typer.Option(help="Label of the system's row in the table.")] = None,
+    name: Annotated[str | None, typer.Option(help="Label of the system's row in the table.", metavar="TEXT")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or messages.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks on errors.")] = False,
 ) -> None:

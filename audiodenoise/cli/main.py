@@ -14,7 +14,7 @@ from ..model import count_parameters
 from . import denoise as denoise_cmd
 from . import evaluate as evaluate_cmd
 from . import train as train_cmd
-from ._common import run_guarded, version_callback
+from ._common import PlainHelpCommand, run_guarded, version_callback
 
 app = typer.Typer(
     add_completion=False,
@@ -34,17 +34,21 @@ def _root(
     pass
 
 
-app.command("denoise", help="Denoise a file (same as the `denoise` command).")(denoise_cmd.denoise)
-app.command("prepare")(train_cmd.prepare)
-app.command("train")(train_cmd.train)
-app.command("export")(train_cmd.export)
-app.command("evaluate", help="Score a model or denoised files: PESQ-WB, STOI, SI-SDR.")(evaluate_cmd.evaluate)
+app.command("denoise", help="Denoise a file (same as the `denoise` command).", cls=PlainHelpCommand)(
+    denoise_cmd.denoise
+)
+app.command("prepare", cls=PlainHelpCommand)(train_cmd.prepare)
+app.command("train", cls=PlainHelpCommand)(train_cmd.train)
+app.command("export", cls=PlainHelpCommand)(train_cmd.export)
+app.command("evaluate", help="Score a model or denoised files: PESQ-WB, STOI, SI-SDR.", cls=PlainHelpCommand)(
+    evaluate_cmd.evaluate
+)
 
 
-@app.command(help="Describe a model file (default: the shipped model).")
+@app.command(help="Describe a model file (default: the shipped model).", cls=PlainHelpCommand)
 def info(
-    model: Annotated[Path | None, typer.Argument(help="Model file.")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    model: Annotated[Path | None, typer.Argument(help="Model file.", metavar="MODEL")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks on errors.")] = False,
 ) -> None:
     def work() -> None:
         denoiser = denoise_cmd.load_denoiser(model, device="cpu", atten_lim_db=None, limiter=True)
