@@ -51,6 +51,7 @@ import torch
 from . import audio
 from .api import Denoiser
 from .errors import AudioDenoiseError, AudioError, ConfigError
+from .processes import check_main_guard
 
 # default jobs: one per usable CPU, at most this many (each worker holds its own
 # torch runtime and model, a few hundred MB; beyond 4 the disk often limits)
@@ -646,6 +647,8 @@ def run_batch(
     jobs = default_jobs() if jobs is None else int(jobs)
     if jobs < 1:
         raise ConfigError(f"jobs must be at least 1, got {jobs}")
+    if jobs > 1:
+        check_main_guard(f"run_batch(jobs={jobs})")
     writer = ReportWriter(report) if report is not None else None
     try:
         local = denoiser() if callable(denoiser) else denoiser  # also checks the model before any worker starts

@@ -43,6 +43,7 @@ import soxr
 
 from . import audio
 from .errors import AudioDenoiseError, AudioError, ConfigError, DatasetError
+from .processes import check_main_guard
 
 SAMPLE_RATE = 16000
 MAX_LAG_SECONDS = 0.1
@@ -330,6 +331,8 @@ def evaluate(
         raise ConfigError("pass a denoiser or a folder of denoised files, not both")
     if not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"jobs must be a positive whole number, got {jobs!r}")
+    if jobs > 1:
+        check_main_guard(f"evaluate(jobs={jobs})")
     _metric_functions()  # fail before any work if the extra is missing
     pairs, unmatched = match_pairs(noisy_dir, clean_dir, pairs_csv=pairs_csv)
     denoised = audio_files(denoised_dir, role="denoised") if denoised_dir is not None else {}
