@@ -15,7 +15,6 @@ channels and full bandwidth. Content above 8 kHz gets the mask of the
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from collections.abc import Callable
@@ -33,13 +32,14 @@ from .checkpoint import LoadedModel, load_model
 from .chunking import process_array, process_chunked, process_stream
 from .errors import AudioError, ConfigError, ModelError
 from .features import FeatureConfig, analyze, istft, stft
+from .grids import grid_alignment, native_features, transfer_mask
 from .model import DenoisingAutoencoder
 
 PRETRAINED_PACKAGE = "audiodenoise.pretrained"
 PRETRAINED_FILE = "model.safetensors"
-# native-rate bins above HIGH_BAND_START_HZ take the mean mask of EXTENSION_BAND_HZ
-EXTENSION_BAND_HZ = (6000.0, 7000.0)
-HIGH_BAND_START_HZ = 7000.0
+# input below the model's rate: the model sees the level of the bin at this share of the input's
+# bandwidth (below the resampler's roll-off) carried across the empty bins above it
+BANDWIDTH_MARGIN = 0.95
 # extra context beyond the model's receptive field: resampler filters and STFT edges
 CONTEXT_MARGIN_SECONDS = 0.25
 # seconds of audio above which a progress bar is worth showing
@@ -312,7 +312,7 @@ class Denoiser:
         return {
             "chunk": max(1, round(self.chunk_seconds * sample_rate)),
             "context": context,
-            "align": _grid_alignment(sample_rate, native.hop_length, model_rate, self.features.hop_length),
+            "align": grid_alignment(sample_rate, native.hop_length, model_rate, self.features.hop_length),
         }
 
     def _chunk_fn(self, sample_rate: int, *, integer_output: bool = False) -> Callable[[np.ndarray], np.ndarray]:
@@ -342,7 +342,7 @@ class Denoiser:
             # resample to none at 16 kHz, so process one zero-padded frame and cut it back
             segment = np.pad(segment, ((0, 0), (0, native.n_fft - length)))
         at_model_rate = audio.resample(segment, sample_rate, model_rate)
-        mask = self.mask(torch.from_numpy(at_model_rate).to(self.device))
+        mask = self.mask(torch.from_numpy(at_model_rate).to(self.device), bandwidth_hz=sample_rate / 2)
         wav = torch.from_numpy(segment).to(self.device)
         spec = stft(wav, config=native)  # native is self.features at the model's own rate
         if sample_rate != model_rate:
@@ -352,9 +352,19 @@ class Denoiser:
         out[np.abs(out) < 1e-30] = 0.0  # no denormals
         return out
 
-    def mask(self, wav: torch.Tensor) -> torch.Tensor:
-        """Mask over the model-rate STFT of ``wav [channels, time]``: ``[channels, freq, frames]``."""
+    def mask(self, wav: torch.Tensor, *, bandwidth_hz: float | None = None) -> torch.Tensor:
+        """Mask over the model-rate STFT of ``wav [channels, time]``: ``[channels, freq, frames]``.
+
+        ``bandwidth_hz``: the input's own bandwidth (half its rate) when that is
+        below the model's. The bins above it are empty after resampling, which
+        the model has never seen (it then removes most of the speech below), so
+        the model is shown the level of the top occupied bin carried across them.
+        """
         log_mag, _ = analyze(wav, config=self.features)
+        if bandwidth_hz is not None and bandwidth_hz < self.features.sample_rate / 2:
+            top = int(BANDWIDTH_MARGIN * bandwidth_hz * self.features.n_fft / self.features.sample_rate)
+            log_mag = log_mag.clone()
+            log_mag[..., top:, :] = log_mag[..., top - 1 : top, :]
         out = self.model(log_mag)
         if self.model.config.output == "mask":
             mask = out
@@ -363,81 +373,6 @@ class Denoiser:
         if self.atten_lim_db is not None:
             mask = mask.clamp_min(10.0 ** (-self.atten_lim_db / 20.0))
         return mask
-
-
-def transfer_mask(
-    mask: torch.Tensor, features: FeatureConfig, native: FeatureConfig, *, n_frames: int
-) -> torch.Tensor:
-    """Carry a model-rate mask ``[channels, freq, frames]`` over to another STFT grid.
-
-    Bins are matched by frequency in Hz (linear interpolation) up to
-    :data:`HIGH_BAND_START_HZ`; bins above take the frame's mean mask over
-    :data:`EXTENSION_BAND_HZ` (so a 48 kHz file keeps its 8-24 kHz content
-    where the model judges the upper speech band to be speech). Frames are
-    matched by time.
-    """
-    n_model_freqs = mask.shape[-2]
-    model_bin_hz = features.sample_rate / features.n_fft
-    native_hz = torch.arange(native.n_freqs, device=mask.device, dtype=torch.float64) * (
-        native.sample_rate / native.n_fft
-    )
-    # frequency: fractional model bin for each native bin
-    pos = (native_hz / model_bin_hz).clamp(max=n_model_freqs - 1)
-    lo = pos.floor().long()
-    hi = (lo + 1).clamp(max=n_model_freqs - 1)
-    w = (pos - lo).to(mask.dtype)[:, None]
-    by_freq = mask[..., lo, :] * (1 - w) + mask[..., hi, :] * w
-    band_lo, band_hi = (round(f / model_bin_hz) for f in EXTENSION_BAND_HZ)
-    band_lo, band_hi = min(band_lo, n_model_freqs - 1), min(band_hi, n_model_freqs - 1)
-    extension = mask[..., band_lo : band_hi + 1, :].mean(dim=-2, keepdim=True)
-    high = (native_hz > HIGH_BAND_START_HZ)[:, None]
-    if features.sample_rate / 2 > HIGH_BAND_START_HZ:
-        by_freq = torch.where(high, extension, by_freq)
-    # time: fractional model frame for each native frame
-    n_model_frames = mask.shape[-1]
-    t = torch.arange(n_frames, device=mask.device, dtype=torch.float64) * (
-        native.hop_length / native.sample_rate * features.sample_rate / features.hop_length
-    )
-    t = t.clamp(max=n_model_frames - 1)
-    t_lo = t.floor().long()
-    t_hi = (t_lo + 1).clamp(max=n_model_frames - 1)
-    tw = (t - t_lo).to(mask.dtype)
-    return by_freq[..., t_lo] * (1 - tw) + by_freq[..., t_hi] * tw
-
-
-def native_features(features: FeatureConfig, sample_rate: int) -> FeatureConfig:
-    """The STFT grid at ``sample_rate`` that the model's mask is applied on.
-
-    :meth:`FeatureConfig.for_rate` (same frame duration), with the hop shortened
-    where needed to divide the span after which the model's frames and the
-    native frames line up again (the chunk alignment). At 44.1 kHz the hop
-    becomes 294 samples instead of 353, so chunks align every 40 ms rather than
-    every 14 s, which would otherwise round each chunk's context up to 14 s.
-    """
-    if sample_rate == features.sample_rate:
-        return features
-    native = features.for_rate(sample_rate)
-    span = sample_rate * features.hop_length
-    step = span // math.gcd(span, features.sample_rate)  # samples per whole number of model hops
-    hop = max(d for d in range(1, native.hop_length + 1) if step % d == 0)
-    if hop == native.hop_length or 2 * hop < native.hop_length:  # already aligned, or no close divisor
-        return native
-    return dataclasses.replace(native, hop_length=hop)
-
-
-def _grid_alignment(sample_rate: int, native_hop: int, model_rate: int, model_hop: int, limit: int = 1 << 20) -> int:
-    """Smallest sample count that is a whole number of native hops and of model hops.
-
-    Falls back to the native hop alone when that number would exceed ``limit``
-    (then chunk seams differ from a single pass by resampling error only).
-    """
-    step = native_hop
-    n = step
-    while n <= limit:
-        if (n * model_rate) % (sample_rate * model_hop) == 0:
-            return n
-        n += step
-    return native_hop
 
 
 def _progress_bar(meta: audio.AudioInfo, *, enabled: bool):

@@ -255,3 +255,23 @@ def test_batch_call_equals_one_call_per_signal(denoiser):
     assert np.array_equal(last, out.transpose(0, 2, 1))
     with pytest.raises(AudioError, match=r"\[batch, channels, time\]"):
         denoiser.denoise_batch(batch[0], 22050)
+
+
+def test_band_limited_input_shows_the_model_its_top_band_carried_across_the_empty_bins(monkeypatch):
+    model = make_model()
+    seen = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda log_mag: seen.append(log_mag.clone()) or forward(log_mag))
+    denoiser = Denoiser(model, FeatureConfig(), device="cpu")
+    wav = speech_like(8000, 0.5)
+    denoiser.denoise(wav, 8000)
+    log_mag = seen[-1]  # [channels, freq, frames] at 16 kHz: 31.25 Hz bins
+    top = int(api.BANDWIDTH_MARGIN * 4000 / 31.25)
+    assert torch.equal(log_mag[..., top:, :], log_mag[..., top - 1 : top, :].expand_as(log_mag[..., top:, :]))
+    assert not torch.equal(log_mag[..., top - 2, :], log_mag[..., top - 1, :])  # below: the signal itself
+
+
+@pytest.mark.parametrize("sample_rate", [16000, 48000])
+def test_full_band_input_is_not_touched_by_the_bandwidth_carry(denoiser, sample_rate):
+    wav = torch.from_numpy(speech_like(16000, 0.5, seed=7))
+    assert torch.equal(denoiser.mask(wav, bandwidth_hz=sample_rate / 2), denoiser.mask(wav))
