@@ -4,73 +4,83 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
+import soundfile as sf
 
 from .errors import DatasetError
 from .features import FeatureConfig
-from .prepare import DATASET_FORMAT, DATASET_VERSION
+from .prepare import DATASET_FORMAT, DATASET_VERSION, read_valid_pairs
+from .store import WaveStore
 
 
 def read_header(root: str | os.PathLike) -> dict:
     """The ``dataset.json`` of a prepared dataset, checked."""
     path = Path(root) / "dataset.json"
     if not path.is_file():
-        raise DatasetError(f"{root}: not a prepared dataset (no dataset.json); run `audiodenoise prepare` first")
+        raise DatasetError(f"{root}: not a complete prepared dataset (no dataset.json); run `audiodenoise prepare` "
+                           "(a rerun with the same options finishes an interrupted one)")
     try:
         header = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise DatasetError(f"{path}: unreadable dataset header") from None
-    if header.get("format") != DATASET_FORMAT or header.get("version", 0) > DATASET_VERSION:
-        raise DatasetError(f"{path}: unsupported dataset format {header.get('format')!r} v{header.get('version')}")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DatasetError(f"{path}: unreadable dataset header; rerun `audiodenoise prepare` to repair it") from None
+    if header.get("format") != DATASET_FORMAT:
+        raise DatasetError(f"{path}: not an audiodenoise dataset (format {header.get('format')!r})")
+    if header.get("version") != DATASET_VERSION:
+        raise DatasetError(f"{path}: dataset format v{header.get('version')}, this audiodenoise reads "
+                           f"v{DATASET_VERSION}; prepare the corpus again into a new folder")
     return header
 
 
-class PairsDataset(torch.utils.data.Dataset):
-    """(noisy, clean) log-magnitude pairs of one split, read from memory-mapped shards.
+@dataclass
+class ValidPairs:
+    """The fixed validation pairs, in memory: ``noisy``/``clean`` ``float32 [pairs, time]``."""
 
-    Items are ``float32`` tensors ``[freq, frames]``.
-    """
+    ids: list[str]
+    snr_db: np.ndarray
+    noisy: np.ndarray
+    clean: np.ndarray
+    files: list[tuple[Path, Path]]
 
-    def __init__(self, root: str | os.PathLike, split: str = "train") -> None:
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class PreparedDataset:
+    """A prepared dataset: the training speech and noise stores, the validation pairs, the features."""
+
+    def __init__(self, root: str | os.PathLike, *, in_memory: bool = False) -> None:
         self.root = Path(root)
         header = read_header(root)
         self.features = FeatureConfig.from_dict(header["features"])
-        manifest = self.root / "manifest.jsonl"
-        if not manifest.is_file():
-            raise DatasetError(f"{root}: no manifest.jsonl; the dataset is incomplete, rerun `audiodenoise prepare`")
-        index = []
-        for line in manifest.read_text().splitlines():
-            row = json.loads(line)
-            if row.get("split") == split:
-                index.append((row["shard"], row["row"]))
-        self.index = index
-        self._arrays: dict[tuple[int, str], np.ndarray] = {}
+        shards = header.get("shards", {})
+        self.speech = WaveStore(self.root / "speech", n_shards=shards.get("speech", 0), in_memory=in_memory)
+        self.noise = WaveStore(self.root / "noise", n_shards=shards.get("noise", 0), in_memory=in_memory)
+        if self.speech.total_samples == 0 or len(self.noise) == 0:
+            raise DatasetError(f"{root}: holds no training speech or no noise; prepare it from a larger corpus")
+        self._valid: ValidPairs | None = None
 
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def _array(self, shard: int, kind: str) -> np.ndarray:
-        key = (shard, kind)
-        if key not in self._arrays:
-            self._arrays[key] = np.load(self.root / "shards" / f"{shard:05d}-{kind}.npy", mmap_mode="r")
-        return self._arrays[key]
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        shard, row = self.index[i]
-        noisy = torch.from_numpy(np.asarray(self._array(shard, "noisy")[row], dtype=np.float32))
-        clean = torch.from_numpy(np.asarray(self._array(shard, "clean")[row], dtype=np.float32))
-        return noisy, clean
-
-    def batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stack the items at ``indices``: two ``[batch, freq, frames]`` tensors."""
-        pairs = [self[i] for i in indices]
-        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
-
-    def valid_audio(self) -> list[tuple[Path, Path]]:
-        """(noisy, clean) audio files kept for PESQ/STOI/SI-SDR, sorted."""
-        folder = self.root / "valid_audio"
-        noisy = sorted(folder.glob("*-noisy.wav")) if folder.is_dir() else []
-        return [(n, n.with_name(n.name.replace("-noisy.wav", "-clean.wav"))) for n in noisy]
+    def valid(self) -> ValidPairs:
+        """The validation pairs (read once)."""
+        if self._valid is None:
+            rows = read_valid_pairs(self.root)
+            noisy, clean = [], []
+            for row in rows:
+                try:
+                    noisy.append(sf.read(row["noisy"], dtype="float32")[0])
+                    clean.append(sf.read(row["clean"], dtype="float32")[0])
+                except (OSError, RuntimeError, sf.LibsndfileError):
+                    raise DatasetError(f"{row['noisy'].parent.parent}: validation pair {row['id']} is unreadable; "
+                                       "rerun `audiodenoise prepare` with the same options to repair it") from None
+            length = max((x.size for x in noisy), default=0)
+            pad = [np.pad(x, (0, length - x.size)) for x in noisy], [np.pad(x, (0, length - x.size)) for x in clean]
+            self._valid = ValidPairs(
+                ids=[r["id"] for r in rows],
+                snr_db=np.array([r["snr_db"] for r in rows]),
+                noisy=np.stack(pad[0]) if rows else np.zeros((0, 0), np.float32),
+                clean=np.stack(pad[1]) if rows else np.zeros((0, 0), np.float32),
+                files=[(r["noisy"], r["clean"]) for r in rows],
+            )
+        return self._valid

@@ -1,71 +1,75 @@
-"""Corpus -> (noisy, clean) log-magnitude pairs on disk: ``audiodenoise prepare``.
+"""Corpus -> what the on-the-fly mixer draws from: ``audiodenoise prepare``.
+
+The design's preprocessing step: scan the clean-speech and noise folders,
+decode, resample to the model rate, check, trim, measure and split; store the
+result as int16 waveforms; make the fixed validation pairs. Training mixes its
+own fresh pairs every step (:mod:`audiodenoise.mixer`) and turns them into
+log-magnitude spectrograms as it goes.
 
 Layout of a prepared dataset folder::
 
-    dataset.json              feature + prepare config (a rerun must match it)
-    shards/NNNNN-noisy.npy    float16 [pairs, freq, frames] log-magnitudes
-    shards/NNNNN-clean.npy
-    shards/NNNNN.jsonl        one line per pair (written last: marks the shard done)
-    valid_audio/*.wav         a few validation pairs as audio, for PESQ/STOI/SI-SDR
-    manifest.jsonl            all pairs, in order
-    summary.json              hours, pairs, files skipped and why
+    speech/NNNNN.{npy,jsonl}      training speech (see :mod:`audiodenoise.store`)
+    valid_speech/NNNNN.{npy,jsonl} held-out speech (by speaker, else by file)
+    noise/NNNNN.{npy,jsonl}       noise and music
+    valid/noisy/ID.flac, valid/clean/ID.flac, valid/pairs.csv (id, snr_db)
+                                  the fixed validation pairs (same seed, same pairs);
+                                  `audiodenoise evaluate --noisy valid/noisy --clean valid/clean`
+    summary.json                  hours, files, what was dropped and why
+    dataset.json                  written last: the dataset is complete
 
-Clean files are packed (with short gaps) into fixed-length segments, so short
-clips (letters, syllables) are used without padding whole segments with
-silence. Each segment is mixed with a random stretch of a random noise file
-(or synthetic noise) at a random SNR, then both signals are scaled to a random
-level. The validation split is held out by speaker (LibriSpeech-style names
-``SPEAKER-CHAPTER-UTT``) or else by source file. Every shard draws from its own
-seeded generator, so a fixed seed gives an identical dataset and an
-interrupted run resumes where it stopped.
+Every shard draws from its own seeded generator and records the settings and
+inputs it was made from, so a fixed seed gives an identical dataset, an
+interrupted or failed run resumes where it stopped, and a damaged shard is
+redone by the next run.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import csv
 import hashlib
 import json
 import os
 import re
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+import shutil
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import torch
 
 from . import audio
 from ._config import config_from_dict, config_to_dict
 from .checkpoint import atomic_write_bytes
 from .errors import AudioDenoiseError, ConfigError, DatasetError
-from .features import FeatureConfig, analyze
-from .mixing import SILENCE_RMS, colored_noise, mix_at_snr, noise_excerpt, rms
+from .features import FeatureConfig
+from .mixer import MixConfig, Mixer
+from .mixing import SILENCE_RMS, rms
+from .store import WaveStore, read_shard_head, write_shard
 
 DATASET_FORMAT = "audiodenoise-dataset"
-DATASET_VERSION = 1
+DATASET_VERSION = 2
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".w64", ".caf"}
-SYNTHETIC_KINDS = ("white", "pink", "brown", "hum")
+STORE_PEAK = 0.9
 _SPEAKER_NAME = re.compile(r"^(\d+)-\d+-\d+$")
 
 
 @dataclass(frozen=True)
 class PrepareConfig:
-    """How pairs are made. Levels are RMS in dBFS."""
+    """How the corpus is stored and the validation pairs made. Levels are RMS in dBFS."""
 
     segment_seconds: float = 4.0
     snr_db_min: float = -5.0
     snr_db_max: float = 20.0
     level_db_min: float = -40.0
     level_db_max: float = -15.0
-    peak_max: float = 0.95
     mixes_per_segment: int = 2
-    synthetic_noise_prob: float = 0.1
+    valid_pairs_max: int = 400
     gap_seconds_max: float = 0.4
     valid_fraction: float = 0.05
+    min_speech_range_db: float = 20.0
+    trim_db: float = 50.0
     files_per_shard: int = 48
-    valid_audio_per_shard: int = 2
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -75,10 +79,10 @@ class PrepareConfig:
             raise ConfigError(f"need level_db_min <= level_db_max <= 0, got {self.level_db_min}, {self.level_db_max}")
         if not 0.5 <= self.segment_seconds <= 60:
             raise ConfigError(f"segment_seconds must be 0.5-60, got {self.segment_seconds}")
-        if self.mixes_per_segment < 1 or self.files_per_shard < 1:
-            raise ConfigError("mixes_per_segment and files_per_shard must be at least 1")
-        if not 0 <= self.valid_fraction < 1 or not 0 <= self.synthetic_noise_prob <= 1:
-            raise ConfigError("valid_fraction must be in [0, 1) and synthetic_noise_prob in [0, 1]")
+        if self.mixes_per_segment < 1 or self.files_per_shard < 1 or self.valid_pairs_max < 0:
+            raise ConfigError("mixes_per_segment and files_per_shard must be at least 1, valid_pairs_max at least 0")
+        if not 0 <= self.valid_fraction < 1:
+            raise ConfigError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
 
     def to_dict(self) -> dict:
         return config_to_dict(self)
@@ -88,19 +92,13 @@ class PrepareConfig:
         return config_from_dict(cls, data)
 
 
-@dataclass
-class Skipped:
-    path: str
-    reason: str
-
-
-def find_audio(roots: Iterable[str | os.PathLike]) -> list[Path]:
+def find_audio(roots: Iterable[str | os.PathLike], *, role: str = "audio") -> list[Path]:
     """Audio files under ``roots`` (recursively), sorted; a root may be a file."""
     found: set[Path] = set()
     for root in roots:
         root = Path(root)
         if not root.exists():
-            raise DatasetError(f"{root}: not found")
+            raise DatasetError(f"{root}: {role} folder not found")
         if root.is_file():
             found.add(root)
             continue
@@ -136,39 +134,19 @@ def trim_silence(x: np.ndarray, *, threshold_db: float = -50.0) -> np.ndarray:
     return x[loud[0] : loud[-1] + 1]
 
 
-class NoiseBank:
-    """All noise files, trimmed and resampled, drawn in proportion to sqrt(duration)."""
+def speech_range_db(x: np.ndarray, sample_rate: int) -> tuple[float, float]:
+    """``(floor_dbfs, range_db)``: 10th percentile of 50 ms frame RMS, and the 90th percentile above it.
 
-    def __init__(self, files: list[Path], sample_rate: int, skipped: list[Skipped], progress: bool) -> None:
-        self.names: list[str] = []
-        self.signals: list[np.ndarray] = []
-        for path in _bar(files, "loading noise", progress):
-            try:
-                x = trim_silence(load_mono(path, sample_rate))
-            except AudioDenoiseError as exc:
-                skipped.append(Skipped(str(path), str(exc)))
-                continue
-            if x.size < sample_rate // 10 or rms(x) < SILENCE_RMS:
-                skipped.append(Skipped(str(path), "noise file is silent or shorter than 0.1 s"))
-                continue
-            self.names.append(str(path))
-            self.signals.append(x)
-        if not self.signals:
-            raise DatasetError("the noise corpus holds no usable (non-silent, readable) audio")
-        weights = np.sqrt(np.array([s.size for s in self.signals], dtype=np.float64))
-        self.probabilities = weights / weights.sum()
-        self.seconds = sum(s.size for s in self.signals) / sample_rate
-
-    def draw(self, length: int, rng: np.random.Generator) -> tuple[np.ndarray, str, int]:
-        """A noise stretch of ``length`` samples, its file and offset; mostly-silent stretches are redrawn."""
-        index = int(rng.choice(len(self.signals), p=self.probabilities))
-        signal = self.signals[index]
-        level = rms(signal)
-        for _ in range(5):
-            excerpt, offset = noise_excerpt(signal, length, rng)
-            if rms(excerpt) > 0.1 * level:
-                break
-        return excerpt, self.names[index], offset
+    A small range means the recording's noise floor sits close to the voice.
+    """
+    frame = max(1, sample_rate // 20)
+    n = x.size // frame
+    if n < 2:
+        return -120.0, 120.0
+    frames = np.sqrt(np.mean(np.square(x[: n * frame].reshape(n, frame), dtype=np.float64), axis=1))
+    floor, loud = np.percentile(frames, [10, 90])
+    floor_db = 20 * np.log10(max(floor, 1e-6))
+    return float(floor_db), float(20 * np.log10(max(loud, 1e-6)) - floor_db)
 
 
 def prepare(
@@ -181,11 +159,16 @@ def prepare(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Build (or resume, or reuse) a prepared dataset in ``out``; return its summary."""
+    """Build (or resume, or repair, or reuse) a prepared dataset in ``out``; return its summary."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "shards").mkdir(exist_ok=True)
-    (out / "valid_audio").mkdir(exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out}: exists and is not a folder; choose another --out")
+    clean_files = find_audio(clean_dirs, role="clean speech")
+    noise_files = find_audio(noise_dirs, role="noise")
+    if not clean_files:
+        raise DatasetError(f"no audio files found under {', '.join(map(str, clean_dirs))}")
+    if not noise_files:
+        raise DatasetError(f"no audio files found under {', '.join(map(str, noise_dirs))}")
     header = {
         "format": DATASET_FORMAT,
         "version": DATASET_VERSION,
@@ -194,159 +177,171 @@ def prepare(
         "clean_dirs": [str(Path(d).resolve()) for d in clean_dirs],
         "noise_dirs": [str(Path(d).resolve()) for d in noise_dirs],
     }
-    _check_or_write_header(out, header)
-    clean_files = find_audio(clean_dirs)
-    noise_files = find_audio(noise_dirs)
-    if not clean_files:
-        raise DatasetError(f"no audio files found under {', '.join(map(str, clean_dirs))}")
-    if not noise_files:
-        raise DatasetError(f"no audio files found under {', '.join(map(str, noise_dirs))}")
-    shards = [clean_files[i : i + config.files_per_shard] for i in range(0, len(clean_files), config.files_per_shard)]
-    todo = [i for i in range(len(shards)) if not _shard_done(out, i, shards[i])]
-    skipped: list[Skipped] = []
-    if todo:
-        log(f"prepare: {len(clean_files)} clean files in {len(shards)} shards ({len(todo)} to do), "
-            f"{len(noise_files)} noise files")
-        bank = NoiseBank(noise_files, features.sample_rate, skipped, progress)
-        for index in _bar(todo, "shards", progress):
-            skipped.extend(_make_shard(out, index, shards[index], bank, config, features))
-        noise_names = set(map(str, noise_files))
-        _write_json(out / "noise_skipped.json", [dataclasses.asdict(s) for s in skipped if s.path in noise_names])
-    summary = _summarize(out, len(shards), config, noise_files)
+    _check_header(out, header)
+    created = not out.exists()
+    try:
+        return _build(out, header, clean_files, noise_files, config, features, progress, log)
+    except BaseException:
+        if created:  # a failed first run leaves nothing behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _build(out: Path, header: dict, clean_files: list[Path], noise_files: list[Path], config: PrepareConfig,
+           features: FeatureConfig, progress: bool, log: Callable[[str], None]) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    settings = hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()[:16]
+    per = config.files_per_shard
+    speech_shards = [clean_files[i : i + per] for i in range(0, len(clean_files), per)]
+    noise_shards = [noise_files[i : i + per] for i in range(0, len(noise_files), per)]
+    todo_noise = [i for i, files in enumerate(noise_shards) if not _done(out, ("noise",), i, files, settings)]
+    todo_speech = [i for i, files in enumerate(speech_shards)
+                   if not _done(out, ("speech", "valid_speech"), i, files, settings)]
+    if todo_noise or todo_speech:
+        log(f"prepare: {len(clean_files)} clean files in {len(speech_shards)} shards ({len(todo_speech)} to do), "
+            f"{len(noise_files)} noise files in {len(noise_shards)} shards ({len(todo_noise)} to do)")
+    head = {"settings": settings}
+    for index in _bar(todo_noise, "noise shards", progress):
+        _noise_shard(out, index, noise_shards[index], {**head, "inputs": _fingerprint(noise_shards[index])},
+                     config, features)
+    for index in _bar(todo_speech, "speech shards", progress):
+        _speech_shard(out, index, speech_shards[index], {**head, "inputs": _fingerprint(speech_shards[index])},
+                      config, features)
+    speech = WaveStore(out / "speech", n_shards=len(speech_shards))
+    noise = WaveStore(out / "noise", n_shards=len(noise_shards))
+    valid_speech = WaveStore(out / "valid_speech", n_shards=len(speech_shards))
+    if speech.total_samples < features.sample_rate * config.segment_seconds:
+        raise DatasetError(f"less than one {config.segment_seconds:g} s segment of usable training speech in "
+                           f"{len(clean_files)} files (see the skipped files above); add more clean speech")
+    if len(noise) == 0:
+        raise DatasetError("the noise corpus holds no usable (non-silent, readable) audio")
+    n_valid = _valid_pairs(out, valid_speech, noise, config, features, settings)
+    if n_valid < 20:
+        log(f"warning: only {n_valid} validation pairs: validation scores will be noisy or missing. Hold out more "
+            "speakers with --valid-fraction, or add speakers (LibriSpeech-style names SPEAKER-CHAPTER-UTT are "
+            "held out by speaker, other files one by one)")
+    summary = _summarize(out, speech, valid_speech, noise, n_valid, len(speech_shards), len(noise_shards), features)
+    _write_json(out / "dataset.json", {**header, "shards": {"speech": len(speech_shards),
+                                                           "noise": len(noise_shards)}})
     return summary
 
 
-def _make_shard(
-    out: Path, index: int, files: list[Path], bank: NoiseBank, config: PrepareConfig, features: FeatureConfig
-) -> list[Skipped]:
+def _speech_shard(out: Path, index: int, files: list[Path], head: dict, config: PrepareConfig,
+                  features: FeatureConfig) -> None:
     rng = np.random.default_rng([config.seed, index])
     sample_rate = features.sample_rate
-    seg_len = int(round(config.segment_seconds * sample_rate))
-    skipped: list[Skipped] = []
-    rows: list[dict] = []
-    noisy_all: list[np.ndarray] = []
-    clean_all: list[np.ndarray] = []
-    streams: dict[str, list[tuple[Path, np.ndarray]]] = {"train": [], "valid": []}
+    streams: dict[str, list] = {"speech": [], "valid_speech": []}
+    skipped = []
     for path in files:
         try:
             x = load_mono(path, sample_rate)
         except AudioDenoiseError as exc:
-            skipped.append(Skipped(str(path), str(exc)))
+            skipped.append({"skipped": str(path), "reason": str(exc)})
             continue
-        if rms(x) < SILENCE_RMS:
-            skipped.append(Skipped(str(path), "clean file is silent"))
+        floor_db, range_db = speech_range_db(x, sample_rate)
+        x = trim_silence(x, threshold_db=-config.trim_db)
+        if x.size < sample_rate // 10 or rms(x) < SILENCE_RMS:
+            skipped.append({"skipped": str(path), "reason": "clean file is silent or shorter than 0.1 s"})
             continue
-        split = "valid" if is_valid_group(speaker_group(path), config) else "train"
-        streams[split].append((path, x))
-    n_valid_audio = 0
-    for split, items in streams.items():
-        for segment, sources in _pack(items, seg_len, rng, config, sample_rate):
-            for _ in range(config.mixes_per_segment):
-                noisy, clean, row = _mix(segment, bank, rng, config, sample_rate)
-                row.update(split=split, clean=sources)
-                if split == "valid" and n_valid_audio < config.valid_audio_per_shard:
-                    stem = out / "valid_audio" / f"{index:05d}-{n_valid_audio}"
-                    sf.write(f"{stem}-noisy.wav", noisy, sample_rate, subtype="FLOAT")
-                    sf.write(f"{stem}-clean.wav", clean, sample_rate, subtype="FLOAT")
-                    n_valid_audio += 1
-                noisy_all.append(noisy)
-                clean_all.append(clean)
-                rows.append(row)
-    shape = (0, features.n_freqs, seg_len // features.hop_length + 1)
-    noisy_lm = _features(noisy_all, features, shape)
-    clean_lm = _features(clean_all, features, shape)
-    _save_npy(out / "shards" / f"{index:05d}-noisy.npy", noisy_lm)
-    _save_npy(out / "shards" / f"{index:05d}-clean.npy", clean_lm)
-    for row_index, row in enumerate(rows):
-        row.update(shard=index, row=row_index)
-    skipped_rows = [{"skipped": s.path, "reason": s.reason} for s in skipped]
-    head = [{"inputs": _fingerprint(files)}]
-    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in head + rows + skipped_rows)
-    atomic_write_bytes(out / "shards" / f"{index:05d}.jsonl", text.encode())
-    return skipped
-
-
-def _pack(
-    items: list[tuple[Path, np.ndarray]],
-    seg_len: int,
-    rng: np.random.Generator,
-    config: PrepareConfig,
-    sample_rate: int,
-) -> Iterator[tuple[np.ndarray, list[dict]]]:
-    """Concatenate files with random short gaps and cut fixed-length segments.
-
-    Yields each segment and the files in it: ``{"file", "file_offset_s", "segment_offset_s", "seconds"}``.
-    A last piece of at least half a segment is zero-padded; a shorter one is dropped.
-    """
-    pieces: list[np.ndarray] = []
-    spans: list[tuple[int, int, Path]] = []  # (start, stop) in stream samples, file
-    total = 0
-    for path, x in items:
+        if range_db < config.min_speech_range_db:
+            skipped.append({"skipped": str(path), "reason": f"noise floor only {range_db:.1f} dB below the speech "
+                                                           f"(minimum {config.min_speech_range_db:g} dB)"})
+            continue
+        group = speaker_group(path)
+        x = x * (STORE_PEAK / float(np.abs(x).max()))
+        row = {"file": str(path), "group": group, "rms": round(rms(x), 6), "floor_dbfs": round(floor_db, 1),
+               "range_db": round(range_db, 1)}
+        kind = "valid_speech" if is_valid_group(group, config) else "speech"
         gap = int(rng.uniform(0, config.gap_seconds_max) * sample_rate)
-        pieces += [np.zeros(gap, dtype=np.float32), x]
-        spans.append((total + gap, total + gap + x.size, path))
-        total += gap + x.size
-    if not pieces:
-        return
-    stream = np.concatenate(pieces)
-    for begin in range(0, total, seg_len):
-        end = begin + seg_len
-        if total - begin < seg_len // 2:
-            break
-        segment = stream[begin:end]
-        if segment.size < seg_len:
-            segment = np.concatenate([segment, np.zeros(seg_len - segment.size, dtype=np.float32)])
-        sources = [
-            {
-                "file": str(path),
-                "file_offset_s": round(max(0, begin - start) / sample_rate, 4),
-                "segment_offset_s": round(max(0, start - begin) / sample_rate, 4),
-                "seconds": round((min(stop, end) - max(start, begin)) / sample_rate, 4),
-            }
-            for start, stop, path in spans
-            if start < end and stop > begin
-        ]
-        yield segment, sources
+        streams[kind].append((row, x, gap))
+    for kind, items in streams.items():
+        extra = {"skipped": skipped} if kind == "speech" else {}
+        write_shard(out / kind, index, [(r, x) for r, x, _ in items], {**head, **extra},
+                    gaps=[g for _, _, g in items])
 
 
-def _mix(
-    clean: np.ndarray, bank: NoiseBank, rng: np.random.Generator, config: PrepareConfig, sample_rate: int
-) -> tuple[np.ndarray, np.ndarray, dict]:
-    length = clean.size
-    if rng.random() < config.synthetic_noise_prob:
-        kind = str(rng.choice(SYNTHETIC_KINDS))
-        noise, noise_name, offset = colored_noise(kind, length, rng, sample_rate=sample_rate), f"synthetic:{kind}", 0
-    else:
-        noise, noise_name, offset = bank.draw(length, rng)
-    snr_db = float(rng.uniform(config.snr_db_min, config.snr_db_max))
-    noisy, _ = mix_at_snr(clean, noise, snr_db)
-    level_db = float(rng.uniform(config.level_db_min, config.level_db_max))
-    gain = 10 ** (level_db / 20) / max(rms(noisy), 1e-12)
-    peak = float(np.abs(noisy).max()) * gain
-    if peak > config.peak_max:
-        gain *= config.peak_max / peak
-    row = {
-        "noise": noise_name,
-        "noise_offset_s": round(offset / sample_rate, 4),
-        "snr_db": round(snr_db, 3),
-        "gain_db": round(20 * np.log10(gain), 3),
-    }
-    return (noisy * gain).astype(np.float32), (clean * gain).astype(np.float32), row
+def _noise_shard(out: Path, index: int, files: list[Path], head: dict, config: PrepareConfig,
+                 features: FeatureConfig) -> None:
+    pieces, skipped = [], []
+    for path in files:
+        try:
+            x = trim_silence(load_mono(path, features.sample_rate), threshold_db=-config.trim_db)
+        except AudioDenoiseError as exc:
+            skipped.append({"skipped": str(path), "reason": str(exc)})
+            continue
+        if x.size < features.sample_rate // 10 or rms(x) < SILENCE_RMS:
+            skipped.append({"skipped": str(path), "reason": "noise file is silent or shorter than 0.1 s"})
+            continue
+        x = x * (STORE_PEAK / float(np.abs(x).max()))
+        pieces.append(({"file": str(path), "group": str(path.parent), "rms": round(rms(x), 6)}, x))
+    write_shard(out / "noise", index, pieces, {**head, "skipped": skipped})
 
 
-def _features(signals: list[np.ndarray], features: FeatureConfig, empty_shape: tuple) -> np.ndarray:
-    if not signals:
-        return np.zeros(empty_shape, dtype=np.float16)
-    with torch.inference_mode():
-        log_mag, _ = analyze(torch.from_numpy(np.stack(signals)), config=features)
-    return log_mag.numpy().astype(np.float16)
+def _valid_pairs(out: Path, speech: WaveStore, noise: WaveStore, config: PrepareConfig, features: FeatureConfig,
+                 settings: str) -> int:
+    """The fixed validation pairs: consecutive segments of the held-out speech, each mixed ``mixes`` times."""
+    folder = out / "valid"
+    marker = folder / "settings.txt"
+    if marker.is_file() and marker.read_text().strip() == settings and (folder / "pairs.csv").is_file():
+        rows = (folder / "pairs.csv").read_text().splitlines()[1:]
+        if all((folder / kind / f"{r.split(',')[0]}.flac").is_file() for r in rows for kind in ("noisy", "clean")):
+            return len(rows)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp = out / ".valid.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "noisy").mkdir(parents=True)
+    (tmp / "clean").mkdir()
+    sample_rate = features.sample_rate
+    seg = int(round(config.segment_seconds * sample_rate))
+    mix = MixConfig(segment_seconds=config.segment_seconds, snr_db_low=(config.snr_db_min, config.snr_db_max),
+                    snr_db_high=(config.snr_db_min, config.snr_db_max), low_snr_share=1.0,
+                    level_db=(config.level_db_min, config.level_db_max), peak_max=0.95, noises_max=1,
+                    synthetic_prob=0.1, babble_prob=0.0, speed_prob=0.0, eq_prob=0.0, band_limit_prob=0.0,
+                    reverb_prob=0.0, clip_prob=0.0, noise_only_prob=0.0)
+    mixer = Mixer(speech, noise, mix, sample_rate=sample_rate, seed=config.seed)
+    lines = ["id,snr_db,seconds"]
+    count = 0
+    for shard, stream in enumerate(speech.streams):
+        for begin in range(0, stream.shape[0] - seg // 2, seg):
+            clean_seg = np.zeros(seg, dtype=np.float32)
+            piece = stream[begin : begin + seg].astype(np.float32) / 32767.0
+            clean_seg[: piece.size] = piece
+            if rms(clean_seg) < SILENCE_RMS:
+                continue
+            for m in range(config.mixes_per_segment):
+                if count >= config.valid_pairs_max:
+                    break
+                rng = np.random.default_rng([config.seed, 4, shard, begin, m])
+                noisy, clean, snr_db = mixer.mix_with(clean_seg, rng)
+                pair_id = f"v{count:05d}"
+                for kind, x in (("noisy", noisy), ("clean", clean)):
+                    sf.write(tmp / kind / f"{pair_id}.flac", x, sample_rate, subtype="PCM_24")
+                lines.append(f"{pair_id},{snr_db:.3f},{config.segment_seconds:g}")
+                count += 1
+    atomic_write_bytes(tmp / "pairs.csv", ("\n".join(lines) + "\n").encode())
+    atomic_write_bytes(tmp / "settings.txt", f"{settings}\n".encode())
+    os.replace(tmp, folder)
+    return count
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, array)
-    os.replace(tmp, path)
+def read_valid_pairs(root: str | os.PathLike) -> list[dict]:
+    """The validation pairs of a prepared dataset: ``{"id", "snr_db", "noisy", "clean"}`` (paths)."""
+    folder = Path(root) / "valid"
+    path = folder / "pairs.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return [{"id": r["id"], "snr_db": float(r["snr_db"]), "noisy": folder / "noisy" / f"{r['id']}.flac",
+                 "clean": folder / "clean" / f"{r['id']}.flac"} for r in csv.DictReader(fh)]
+
+
+def _done(out: Path, kinds: tuple[str, ...], index: int, files: list[Path], settings: str) -> bool:
+    fingerprint = _fingerprint(files)
+    for kind in kinds:
+        head = read_shard_head(out / kind, index)
+        if head is None or head.get("settings") != settings or head.get("inputs") != fingerprint:
+            return False
+    return True
 
 
 def _fingerprint(files: list[Path]) -> str:
@@ -358,66 +353,41 @@ def _fingerprint(files: list[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _shard_done(out: Path, index: int, files: list[Path]) -> bool:
-    base = out / "shards" / f"{index:05d}"
-    if not all(Path(f"{base}{suffix}").is_file() for suffix in (".jsonl", "-noisy.npy", "-clean.npy")):
-        return False
-    with open(f"{base}.jsonl") as fh:
-        first = json.loads(fh.readline() or "{}")
-    return first.get("inputs") == _fingerprint(files)
-
-
-def _check_or_write_header(out: Path, header: dict) -> None:
+def _check_header(out: Path, header: dict) -> None:
     path = out / "dataset.json"
-    if path.is_file():
-        try:
-            existing = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            raise DatasetError(f"{path}: unreadable dataset header; choose another --out") from None
-        if existing.get("features") != header["features"]:
-            raise DatasetError(
-                f"{out}: holds a dataset made with another feature configuration; choose another --out"
-            )
-        if existing != header:
-            changed = sorted(k for k in header if existing.get(k) != header[k])
-            raise DatasetError(f"{out}: holds a dataset made with other settings ({', '.join(changed)}); "
-                               "choose another --out")
+    if not path.is_file():
         return
-    if any((out / "shards").iterdir()):
-        raise DatasetError(f"{out}: holds shards but no dataset.json; choose an empty --out")
-    _write_json(path, header)
+    try:
+        existing = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return  # a damaged header is rewritten at the end of this run
+    existing.pop("shards", None)
+    if existing.get("version") != DATASET_VERSION:
+        raise DatasetError(f"{out}: holds a dataset of format v{existing.get('version')}; choose another --out")
+    if existing != header:
+        changed = sorted(k for k in header if existing.get(k) != header[k])
+        raise DatasetError(f"{out}: holds a complete dataset made with other settings ({', '.join(changed)}); "
+                           "choose another --out")
 
 
-def _summarize(out: Path, n_shards: int, config: PrepareConfig, noise_files: list[Path]) -> dict:
-    pairs: Counter = Counter()
-    seconds: Counter = Counter()
-    clean_files: set = set()
+def _summarize(out: Path, speech: WaveStore, valid_speech: WaveStore, noise: WaveStore, n_valid: int,
+               n_speech: int, n_noise: int, features: FeatureConfig) -> dict:
     skipped = []
-    manifest = []
-    for index in range(n_shards):
-        for line in (out / "shards" / f"{index:05d}.jsonl").read_text().splitlines():
-            row = json.loads(line)
-            if "inputs" in row:
-                continue
-            if "skipped" in row:
-                skipped.append(row)
-                continue
-            manifest.append(line)
-            pairs[row["split"]] += 1
-            for source in row["clean"]:
-                clean_files.add(source["file"])
-                seconds[row["split"]] += source["seconds"]
-    noise_log = out / "noise_skipped.json"
-    noise_skipped = json.loads(noise_log.read_text()) if noise_log.exists() else []
-    atomic_write_bytes(out / "manifest.jsonl", ("\n".join(manifest) + "\n").encode())
+    for kind, n in (("speech", n_speech), ("noise", n_noise)):
+        for index in range(n):
+            with open(out / kind / f"{index:05d}.jsonl") as fh:
+                skipped.extend(json.loads(fh.readline()).get("skipped", []))
+    hours = 3600 * features.sample_rate
     summary = {
-        "pairs": dict(pairs),
-        "pair_hours": round(sum(pairs.values()) * config.segment_seconds / 3600, 3),
-        "speech_hours_train": round(seconds["train"] / 3600 / config.mixes_per_segment, 3),
-        "speech_hours_valid": round(seconds["valid"] / 3600 / config.mixes_per_segment, 3),
-        "clean_files_used": len(clean_files),
-        "noise_files": len(noise_files),
-        "skipped": skipped + [{"skipped": s["path"], "reason": s["reason"]} for s in noise_skipped],
+        "speech_hours_train": round(sum(f["length"] for f in speech.files) / hours, 3),
+        "speech_hours_valid": round(sum(f["length"] for f in valid_speech.files) / hours, 3),
+        "noise_hours": round(sum(f["length"] for f in noise.files) / hours, 3),
+        "speech_files_train": len(speech),
+        "speech_files_valid": len(valid_speech),
+        "noise_files": len(noise),
+        "valid_pairs": n_valid,
+        "dropped_noisy_floor": sum(1 for s in skipped if s["reason"].startswith("noise floor only")),
+        "skipped": skipped,
     }
     _write_json(out / "summary.json", summary)
     return summary
@@ -428,8 +398,8 @@ def _write_json(path: Path, data) -> None:
 
 
 def _bar(items, desc: str, enabled: bool):
-    if not enabled:
+    if not enabled or not items:
         return items
     from tqdm import tqdm
 
-    return tqdm(items, desc=desc, unit="file" if desc.startswith("loading") else "shard")
+    return tqdm(items, desc=desc, unit="shard")

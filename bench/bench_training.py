@@ -1,9 +1,11 @@
-"""Training throughput on the CPU with the default config, and data loading's share of step time.
+"""Training throughput on the CPU: seconds of audio trained per second, fp32 beside the default precision.
 
-    python bench/bench_training.py [--dataset DIR] [--steps 20] [--threads N] [--batch-size 16]
+    python bench/bench_training.py [--dataset DIR] [--steps 10] [--threads N] [--batch-size 16] [--bf16]
 
-Without --dataset it prepares a small synthetic corpus (speech-like signals + noise) in a temp
-folder first. Prints pairs/s, seconds of audio per second and the data-loading share.
+Without --dataset it prepares a small synthetic corpus (speech-like signals + noise) in a temp folder
+first. Each step is timed whole: on-the-fly mixing (the default augmented recipe), features, forward,
+loss, backward and the optimizer; the mixing share is printed too. The precisions are measured
+interleaved (step by step), so a slow spell of the machine hits both alike.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from audiodenoise.dataset import PairsDataset  # noqa: E402
+from audiodenoise.dataset import PreparedDataset  # noqa: E402
+from audiodenoise.mixer import Mixer  # noqa: E402
 from audiodenoise.model import DenoisingAutoencoder, count_parameters  # noqa: E402
 from audiodenoise.prepare import PrepareConfig, prepare  # noqa: E402
-from audiodenoise.training import TrainConfig, batch_indices, loss_fn  # noqa: E402
+from audiodenoise.training import Step, TrainConfig, cpu_has_bf16, resolve_precision  # noqa: E402
 
 
 def synthetic_dataset(root: Path) -> Path:
@@ -43,39 +46,49 @@ def synthetic_dataset(root: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", type=Path)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--batch-size", type=int, default=TrainConfig().batch_size)
+    parser.add_argument("--bf16", action="store_true", help="also time bf16 where it is not the default")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    default = resolve_precision("auto", torch.device("cpu"))
+    precisions = ["fp32"] + (["bf16"] if default == "bf16" or args.bf16 else [])
     with tempfile.TemporaryDirectory() as tmp:
         dataset = args.dataset or synthetic_dataset(Path(tmp))
-        train_set = PairsDataset(dataset, "train")
+        data = PreparedDataset(dataset, in_memory=True)
         config = TrainConfig(batch_size=args.batch_size)
-        model = DenoisingAutoencoder(config.model).train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
-        frames = train_set[0][0].shape[-1]
-        seconds_per_pair = (frames - 1) * train_set.features.hop_length / train_set.features.sample_rate
-        data_time = step_time = 0.0
-        for step in range(args.steps + 2):
-            t0 = time.perf_counter()
-            noisy, clean = train_set.batch(batch_indices(step, n=len(train_set), batch_size=config.batch_size,
-                                                         seed=0))
-            t1 = time.perf_counter()
-            loss = loss_fn(model(noisy), noisy, clean, config=config, features=train_set.features)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            if step >= 2:  # the first steps warm up the allocator and oneDNN
-                data_time += t1 - t0
-                step_time += time.perf_counter() - t0
-        pairs_per_s = args.steps * config.batch_size / step_time
-        print(f"model: {count_parameters(model)} parameters, batch {config.batch_size} x {seconds_per_pair:.1f} s, "
-              f"{args.threads} thread(s), {args.steps} steps, dataset {dataset}")
-        print("| pairs/s | audio s/s | s/step | data loading share |")
+        mixer = Mixer(data.speech, data.noise, config.mix, sample_rate=data.features.sample_rate, seed=0)
+        runs = {}
+        for precision in precisions:
+            torch.manual_seed(0)
+            model = DenoisingAutoencoder(config.model).train()
+            step = Step(TrainConfig(precision=precision), data.features, torch.device("cpu"))
+            runs[precision] = (model, torch.optim.AdamW(model.parameters(), lr=config.lr), step)
+        times = {p: {"mix": 0.0, "total": 0.0} for p in precisions}
+        for i in range(args.steps + 2):
+            for precision, (model, optimizer, step) in runs.items():
+                t0 = time.perf_counter()
+                noisy, clean = mixer.batch(i, batch_size=config.batch_size)
+                t1 = time.perf_counter()
+                loss = step.loss(model, torch.from_numpy(noisy), torch.from_numpy(clean))
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                if i >= 2:  # the first steps warm up the allocator and oneDNN
+                    times[precision]["mix"] += t1 - t0
+                    times[precision]["total"] += time.perf_counter() - t0
+        seconds = config.batch_size * config.mix.segment_seconds * args.steps
+        print(f"model: {count_parameters(runs['fp32'][0])} parameters, batch {config.batch_size} x "
+              f"{config.mix.segment_seconds:g} s, {args.threads} thread(s), {args.steps} steps, dataset {dataset}")
+        print(f"CPU bf16 support: {'yes' if cpu_has_bf16() else 'no'}; default precision here: {default}"
+              + ("" if default == "bf16" else " (bf16 autocast is emulated and slower without native bf16)"))
+        print("| precision | audio s/s | s/step | mixing share |")
         print("|---|---|---|---|")
-        print(f"| {pairs_per_s:.2f} | {pairs_per_s * seconds_per_pair:.1f} | {step_time / args.steps:.2f} | "
-              f"{100 * data_time / step_time:.1f} % |")
+        for precision, t in times.items():
+            label = f"{precision}{' (default)' if precision == default else ''}"
+            print(f"| {label} | {seconds / t['total']:.1f} | {t['total'] / args.steps:.2f} | "
+                  f"{100 * t['mix'] / t['total']:.1f} % |")
 
 
 if __name__ == "__main__":

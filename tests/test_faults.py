@@ -25,7 +25,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from typer.testing import CliRunner
 
-from audiodenoise import training
+from audiodenoise import runs
 from audiodenoise.api import Denoiser
 from audiodenoise.checkpoint import save_model
 from audiodenoise.cli.denoise import app
@@ -325,10 +325,9 @@ def test_a_pickle_payload_in_a_training_checkpoint_is_never_run(tmp_path):
     planted = tmp_path / "run" / "checkpoints" / "step-00000001.pt"
     torch.save({"model": make_model().state_dict(), "state": _Payload(marker)}, planted)
     model = make_model()
-    optimizer = torch.optim.AdamW(model.parameters())
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     messages = []
     with pytest.raises(TrainingError, match="every checkpoint is unreadable"):
-        training._load_latest_checkpoint(tmp_path / "run", model, optimizer, scheduler, messages.append)
+        runs.load_latest_checkpoint(tmp_path / "run", lambda payload: model.load_state_dict(payload["model"]),
+                                    messages.append)
     assert not marker.exists()
     assert any("step-00000001.pt is unreadable" in m for m in messages)

@@ -1,15 +1,20 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
 import soundfile as sf
 from conftest import make_corpus, speech_like, write_audio
 
+from audiodenoise.dataset import PreparedDataset
 from audiodenoise.errors import DatasetError
 from audiodenoise.features import FeatureConfig
-from audiodenoise.prepare import PrepareConfig, prepare
+from audiodenoise.mixing import rms
+from audiodenoise.prepare import PrepareConfig, prepare, read_valid_pairs, speech_range_db
+from audiodenoise.store import INT16_SCALE
 
-SMALL = PrepareConfig(segment_seconds=1.0, files_per_shard=3, valid_fraction=0.3, valid_audio_per_shard=1)
+SMALL = PrepareConfig(segment_seconds=1.0, files_per_shard=3, valid_fraction=0.3)
+QUIET = dict(progress=False, log=lambda m: None)
 
 
 @pytest.fixture(scope="module")
@@ -20,100 +25,148 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def dataset(corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("ds") / "dataset"
-    summary = prepare([corpus[0]], [corpus[1]], out, config=SMALL, progress=False, log=lambda m: None)
+    summary = prepare([corpus[0]], [corpus[1]], out, config=SMALL, **QUIET)
     return out, summary
 
 
-def test_prepare_writes_pairs_manifest_and_summary(dataset):
+def _files(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_prepare_stores_waveforms_validation_pairs_and_summary(dataset, corpus):
     out, summary = dataset
-    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
-    assert summary["pairs"]["train"] > 0 and summary["pairs"]["valid"] > 0
-    assert len(rows) == sum(summary["pairs"].values())
-    for row in rows:
-        assert {"clean", "noise", "noise_offset_s", "snr_db", "gain_db", "split", "shard", "row"} <= set(row)
-        assert -5 <= row["snr_db"] <= 20
-    noisy = np.load(out / "shards" / "00000-noisy.npy")
-    assert noisy.dtype == np.float16
-    assert noisy.shape[1:] == (FeatureConfig().n_freqs, 16000 // 128 + 1)
+    data = PreparedDataset(out)
+    assert summary["speech_files_train"] + summary["speech_files_valid"] == 6
+    assert summary["speech_files_train"] > 0 and summary["valid_pairs"] > 0
+    assert summary["noise_files"] == 2  # hiss.wav and the stereo 44.1 kHz ogg; silent and broken skipped
     skipped = {s["skipped"].rsplit("/", 1)[-1]: s["reason"] for s in summary["skipped"]}
     assert set(skipped) == {"silent.wav", "broken.wav"}
     assert "not a readable audio file" in skipped["broken.wav"]
-    assert json.loads((out / "summary.json").read_text())["pairs"] == summary["pairs"]
+    # the stored speech is the corpus file, resampled (here: already 16 kHz), trimmed and peak-normalised
+    first = data.speech.files[0]
+    stored = data.speech.file_signal(0)
+    original, rate = sf.read(first["file"], dtype="float32")
+    assert rate == 16000 and stored.size <= original.size
+    assert abs(np.abs(stored).max() - 0.9) < 1e-3
+    assert abs(first["rms"] - rms(stored)) < 1e-4
+    pairs = read_valid_pairs(out)
+    assert len(pairs) == summary["valid_pairs"] == len(data.valid())
+    for pair in pairs:
+        noisy, clean = sf.read(pair["noisy"])[0], sf.read(pair["clean"])[0]
+        measured = 20 * np.log10(rms(clean) / rms(noisy - clean))
+        assert abs(measured - pair["snr_db"]) < 0.05 and -5 <= pair["snr_db"] <= 20
+        assert np.abs(noisy).max() <= 0.95 + 1e-4
+    assert json.loads((out / "summary.json").read_text())["valid_pairs"] == summary["valid_pairs"]
 
 
 def test_validation_is_held_out_by_speaker(dataset):
     out, _ = dataset
-    speakers = {"train": set(), "valid": set()}
-    for line in (out / "manifest.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        for source in row["clean"]:
-            speakers[row["split"]].add(source["file"].rsplit("/", 1)[-1].split("-")[0])
-    assert speakers["train"] and speakers["valid"]
-    assert not speakers["train"] & speakers["valid"]
-    wavs = sorted((out / "valid_audio").glob("*-noisy.wav"))
-    assert wavs and all(sf.info(str(w)).samplerate == 16000 for w in wavs)
+    data = PreparedDataset(out)
+    from audiodenoise.store import WaveStore
+
+    valid = WaveStore(out / "valid_speech", n_shards=json.loads((out / "dataset.json").read_text())["shards"]["speech"])
+    train_groups = {f["group"] for f in data.speech.files}
+    valid_groups = {f["group"] for f in valid.files}
+    assert train_groups and valid_groups and not train_groups & valid_groups
 
 
 def test_same_seed_gives_identical_dataset(dataset, corpus, tmp_path):
     out, _ = dataset
     again = tmp_path / "again"
-    prepare([corpus[0]], [corpus[1]], again, config=SMALL, progress=False, log=lambda m: None)
-    for shard in sorted((out / "shards").iterdir()):
-        assert (again / "shards" / shard.name).read_bytes() == shard.read_bytes(), shard.name
-    other_seed = tmp_path / "seed1"
-    cfg = PrepareConfig.from_dict({**SMALL.to_dict(), "seed": 1})
-    prepare([corpus[0]], [corpus[1]], other_seed, config=cfg, progress=False, log=lambda m: None)
-    assert (other_seed / "shards" / "00000.jsonl").read_bytes() != (out / "shards" / "00000.jsonl").read_bytes()
+    prepare([corpus[0]], [corpus[1]], again, config=SMALL, **QUIET)
+    ours = {k: v for k, v in _files(out).items() if k != "dataset.json"}
+    theirs = {k: v for k, v in _files(again).items() if k != "dataset.json"}
+    assert ours == theirs
+    other = tmp_path / "seed1"
+    prepare([corpus[0]], [corpus[1]], other, config=PrepareConfig.from_dict({**SMALL.to_dict(), "seed": 1}), **QUIET)
+    assert (other / "valid" / "pairs.csv").read_bytes() != (out / "valid" / "pairs.csv").read_bytes()
 
 
-def test_rerun_reuses_and_interrupted_run_resumes(corpus, tmp_path):
+def test_rerun_reuses_and_damaged_or_interrupted_runs_are_repaired(corpus, tmp_path):
     out = tmp_path / "ds"
-    prepare([corpus[0]], [corpus[1]], out, config=SMALL, progress=False, log=lambda m: None)
-    first = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (out / "shards").iterdir()}
+    prepare([corpus[0]], [corpus[1]], out, config=SMALL, **QUIET)
+    first = _files(out)
     logs = []
     prepare([corpus[0]], [corpus[1]], out, config=SMALL, progress=False, log=logs.append)
-    assert {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir()} == {k: v[0] for k, v in first.items()}
-    assert logs == []  # nothing to do
-    # an interrupted run: the last shard never got its .jsonl (written last)
-    (out / "shards" / "00001.jsonl").unlink()
-    (out / "shards" / "00001-clean.npy").unlink()
+    assert not any("to do" in m for m in logs)  # nothing to do
+    # interrupted (an index never written), truncated, and deleted shards
+    (out / "speech" / "00001.jsonl").unlink()
+    (out / "noise" / "00000.npy").write_bytes((out / "noise" / "00000.npy").read_bytes()[:200])
+    (out / "valid_speech" / "00000.npy").unlink()
+    with pytest.raises(DatasetError, match="speech/00001.jsonl: missing; the dataset is damaged, rerun"):
+        PreparedDataset(out)
     prepare([corpus[0]], [corpus[1]], out, config=SMALL, progress=False, log=logs.append)
-    assert any("1 to do" in m for m in logs)
-    assert {p.name: p.read_bytes() for p in (out / "shards").iterdir()} == {k: v[1] for k, v in first.items()}
+    assert any("(2 to do)" in m and "(1 to do)" in m for m in logs)
+    assert _files(out) == first
 
 
-def test_clear_errors(corpus, tmp_path):
+def test_clear_errors_and_nothing_left_behind(corpus, tmp_path):
     clean, noise = corpus
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(DatasetError, match="no audio files"):
-        prepare([empty], [noise], tmp_path / "a", config=SMALL, progress=False, log=lambda m: None)
+        prepare([empty], [noise], tmp_path / "a", config=SMALL, **QUIET)
+    with pytest.raises(DatasetError, match="noise folder not found"):
+        prepare([clean], [tmp_path / "nowhere"], tmp_path / "a", config=SMALL, **QUIET)
     silent = tmp_path / "silent"
     silent.mkdir()
     write_audio(silent / "zero.wav", np.zeros((1, 16000), np.float32), 16000)
     with pytest.raises(DatasetError, match="no usable"):
-        prepare([clean], [silent], tmp_path / "b", config=SMALL, progress=False, log=lambda m: None)
-    out = tmp_path / "c"
-    prepare([clean], [noise], out, config=SMALL, progress=False, log=lambda m: None)
-    with pytest.raises(DatasetError, match="another feature configuration"):
-        prepare([clean], [noise], out, config=SMALL, features=FeatureConfig(n_fft=256, win_length=256, hop_length=64),
-                progress=False, log=lambda m: None)
+        prepare([clean], [silent], tmp_path / "b", config=SMALL, **QUIET)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    # the corrected rerun into the same folder works
+    prepare([clean], [noise], tmp_path / "b", config=SMALL, **QUIET)
+    with pytest.raises(DatasetError, match="another feature configuration|other settings"):
+        prepare([clean], [noise], tmp_path / "b", config=SMALL,
+                features=FeatureConfig(n_fft=256, win_length=256, hop_length=64), **QUIET)
     with pytest.raises(DatasetError, match="other settings"):
-        prepare([clean], [noise], out, config=PrepareConfig.from_dict({**SMALL.to_dict(), "seed": 5}),
-                progress=False, log=lambda m: None)
+        prepare([clean], [noise], tmp_path / "b", config=PrepareConfig.from_dict({**SMALL.to_dict(), "seed": 5}),
+                **QUIET)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DatasetError, match="not a folder"):
+        prepare([clean], [noise], tmp_path / "file", config=SMALL, **QUIET)
+    short = tmp_path / "short"
+    short.mkdir()
+    write_audio(short / "1-1-1.wav", speech_like(16000, 0.3), 16000)
+    with pytest.raises(DatasetError, match="less than one 1 s segment of usable training speech"):
+        prepare([short], [noise], tmp_path / "c", config=SMALL, **QUIET)
 
 
-def test_shard_is_redone_when_its_input_files_change(corpus, tmp_path):
-    import shutil
+def test_a_failed_run_with_other_settings_does_not_block_the_corrected_one(corpus, tmp_path):
+    clean, noise = corpus
+    out = tmp_path / "ds"
+    out.mkdir()  # the user's folder: kept, and so are finished shards, but no dataset.json until the end
+    bad = tmp_path / "bad_noise"
+    bad.mkdir()
+    write_audio(bad / "zero.wav", np.zeros((1, 16000), np.float32), 16000)
+    with pytest.raises(DatasetError):
+        prepare([clean], [bad], out, config=SMALL, **QUIET)
+    assert out.is_dir() and not (out / "dataset.json").exists()
+    prepare([clean], [noise], out, config=PrepareConfig.from_dict({**SMALL.to_dict(), "seed": 3}), **QUIET)
+    assert PreparedDataset(out).valid()
 
+
+def test_noisy_floor_files_are_dropped_and_reported(corpus, tmp_path):
     clean = tmp_path / "clean"
     shutil.copytree(corpus[0], clean)
-    out = tmp_path / "ds"
-    prepare([clean], [corpus[1]], out, config=SMALL, progress=False, log=lambda m: None)
-    before = (out / "shards" / "00000.jsonl").read_text()
-    first_file = sorted(p for p in clean.rglob("*.flac"))[0]
-    write_audio(first_file, speech_like(16000, 1.5, seed=42), 16000)  # same name, other content and size
-    logs = []
-    prepare([clean], [corpus[1]], out, config=SMALL, progress=False, log=logs.append)
-    assert any("1 to do" in m for m in logs)
-    assert (out / "shards" / "00000.jsonl").read_text() != before
+    rng = np.random.default_rng(1)
+    speech = speech_like(16000, 3.0, seed=7)
+    hissy = speech + 0.05 * rms(speech) * 10 * rng.standard_normal(speech.shape).astype(np.float32)
+    write_audio(clean / "900-1-1.flac", hissy / np.abs(hissy).max() * 0.5, 16000)
+    _, range_db = speech_range_db(hissy[0], 16000)
+    assert range_db < 20
+    summary = prepare([clean], [corpus[1]], tmp_path / "ds", config=SMALL, **QUIET)
+    reasons = [s["reason"] for s in summary["skipped"] if s["skipped"].endswith("900-1-1.flac")]
+    assert summary["dropped_noisy_floor"] == 1 and reasons[0].startswith("noise floor only")
+    kept = prepare([clean], [corpus[1]], tmp_path / "ds2",
+                   config=PrepareConfig.from_dict({**SMALL.to_dict(), "min_speech_range_db": 0}), **QUIET)
+    assert kept["dropped_noisy_floor"] == 0
+
+
+def test_store_round_trips_int16(dataset):
+    out, _ = dataset
+    data = PreparedDataset(out)
+    for i in range(len(data.speech)):
+        x = data.speech.file_signal(i)
+        assert x.dtype == np.float32 and np.all(np.abs(x) <= 1.0)
+        assert np.allclose(x * INT16_SCALE, np.round(x * INT16_SCALE), atol=1e-3)

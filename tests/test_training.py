@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -12,12 +13,17 @@ from conftest import TINY_MODEL, make_corpus, speech_like, write_audio
 
 from audiodenoise.api import Denoiser
 from audiodenoise.checkpoint import load_model
+from audiodenoise.dataset import PreparedDataset
 from audiodenoise.errors import TrainingError
+from audiodenoise.mixer import MixConfig, Mixer
+from audiodenoise.model import DenoisingAutoencoder
 from audiodenoise.prepare import PrepareConfig, prepare
-from audiodenoise.training import TrainConfig, batch_indices, export_checkpoint, fit, load_config
+from audiodenoise.runs import export_checkpoint
+from audiodenoise.training import TrainConfig, fit, load_config
 
-TINY_TRAIN = TrainConfig(model=TINY_MODEL, batch_size=4, epochs=2, warmup_steps=2, checkpoint_every=2,
-                         valid_batches=2, valid_audio_pairs=1)
+TINY_TRAIN = TrainConfig(model=TINY_MODEL, mix=MixConfig(segment_seconds=1.0), batch_size=4, epochs=2,
+                         steps_per_epoch=3, warmup_steps=2, checkpoint_every=2, valid_batches=2, valid_audio_pairs=1,
+                         precision="fp32", ema_decay=0.9)
 QUIET = dict(progress=False, log=lambda m: None)
 
 
@@ -26,7 +32,7 @@ def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     clean, noise = make_corpus(root)
     out = root / "dataset"
-    config = PrepareConfig(segment_seconds=1.0, files_per_shard=3, valid_fraction=0.3, valid_audio_per_shard=1)
+    config = PrepareConfig(segment_seconds=1.0, files_per_shard=3, valid_fraction=0.3)
     prepare([clean], [noise], out, config=config, progress=False, log=lambda m: None)
     return out
 
@@ -67,6 +73,8 @@ def test_killed_run_resumes_to_the_same_result(dataset, tmp_path):
     assert name_a == name_b
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
+    for key, value in a["ema"].items():
+        assert torch.equal(value, b["ema"][key]), key
     assert a["optimizer"]["state"][0]["exp_avg"].equal(b["optimizer"]["state"][0]["exp_avg"])
 
 
@@ -98,23 +106,14 @@ def test_existing_run_needs_resume_and_init_fine_tunes(dataset, tmp_path):
         fit(dataset, run, TINY_TRAIN, **QUIET)
     # --init: the architecture comes from the model file and training starts from its weights
     tuned = tmp_path / "tuned"
-    tune = TrainConfig(batch_size=4, lr=1e-9, warmup_steps=1, checkpoint_every=1)
+    tune = TrainConfig(mix=MixConfig(segment_seconds=1.0), batch_size=4, lr=1e-9, warmup_steps=1, checkpoint_every=1,
+                       ema_decay=0.0)
     fit(dataset, tuned, tune, init=model_path, stop_after=1, **QUIET)
     assert TrainConfig.from_dict(json.loads((tuned / "config.json").read_text())).model == TINY_MODEL
     _, state = last_checkpoint(tuned)
     for key, value in weights(model_path).items():
         if value.is_floating_point() and "running" not in key:
             assert torch.allclose(state["model"][key], value, atol=1e-6), key
-
-
-def test_batch_indices_split_ranks_and_cover_each_pass():
-    n, bs = 10, 2
-    single = [batch_indices(s, n=n, batch_size=2 * bs, seed=0) for s in range(5)]
-    ranks = [[batch_indices(s, n=n, batch_size=bs, seed=0, rank=r, world=2) for r in range(2)] for s in range(5)]
-    for s in range(5):
-        assert ranks[s][0] + ranks[s][1] == single[s]
-    first_pass = [i for s in range(5) for i in single[s]][:n]
-    assert sorted(first_pass) == list(range(n))
 
 
 def test_config_file_and_overrides(tmp_path):
@@ -138,10 +137,10 @@ def test_cli_prepare_train_resume_denoise_end_to_end(tmp_path):
     r = _cli("prepare", str(clean), "--noise", str(noise), "--out", str(ds), "--segment-seconds", "1",
              "--valid-fraction", "0.3", "--quiet")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["pairs"]["train"] > 0
+    assert json.loads(r.stdout)["valid_pairs"] > 0
     cfg = tmp_path / "tiny.toml"
     cfg.write_text('batch_size = 4\nepochs = 2\nwarmup_steps = 1\ncheckpoint_every = 2\nvalid_audio_pairs = 1\n'
-                   '[model]\nchannels = [32, 16]\nbottleneck_dilations = [1, 2]\n')
+                   '[model]\nchannels = [32, 16]\nbottleneck_dilations = [1, 2]\n[mix]\nsegment_seconds = 1.0\n')
     r = _cli("train", str(ds), "--out", str(run), "--config", str(cfg), "--steps-per-epoch", "2", "--quiet",
              "--device", "cpu")
     assert r.returncode == 0, r.stderr
@@ -165,7 +164,7 @@ def test_two_process_ddp_training(dataset, tmp_path):
     run = tmp_path / "ddp"
     cfg = tmp_path / "tiny.toml"
     cfg.write_text('batch_size = 2\nepochs = 1\nwarmup_steps = 1\ncheckpoint_every = 2\nvalid_audio_pairs = 1\n'
-                   '[model]\nchannels = [32, 16]\nbottleneck_dilations = [1, 2]\n')
+                   '[model]\nchannels = [32, 16]\nbottleneck_dilations = [1, 2]\n[mix]\nsegment_seconds = 1.0\n')
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
            "-m", "audiodenoise", "train", str(dataset), "--out", str(run), "--config", str(cfg), "--quiet",
@@ -181,14 +180,13 @@ def test_two_process_ddp_training(dataset, tmp_path):
 def test_clean_inputs_are_drawn_per_step_and_repeatable():
     from audiodenoise.training import with_clean_inputs
 
-    noisy, clean = torch.zeros(64, 3, 5), torch.ones(64, 3, 5)
+    noisy, clean = np.zeros((64, 5), np.float32), np.ones((64, 5), np.float32)
     assert with_clean_inputs(noisy, clean, 0.0, seed=0, step=0) is noisy
-    assert torch.equal(with_clean_inputs(noisy, clean, 1.0, seed=0, step=0), clean)
+    assert np.array_equal(with_clean_inputs(noisy, clean, 1.0, seed=0, step=0), clean)
     half = with_clean_inputs(noisy, clean, 0.5, seed=0, step=3)
-    replaced = half[:, 0, 0].sum().item()
-    assert 16 < replaced < 48
-    assert torch.equal(half, with_clean_inputs(noisy, clean, 0.5, seed=0, step=3))
-    assert not torch.equal(half, with_clean_inputs(noisy, clean, 0.5, seed=0, step=4))
+    assert 16 < half[:, 0].sum() < 48
+    assert np.array_equal(half, with_clean_inputs(noisy, clean, 0.5, seed=0, step=3))
+    assert not np.array_equal(half, with_clean_inputs(noisy, clean, 0.5, seed=0, step=4))
 
 
 def test_stop_after_then_resume_with_more_epochs(dataset, tmp_path):
@@ -209,7 +207,7 @@ def test_export_writes_any_kept_checkpoint(dataset, tmp_path):
     kept = sorted(int(p.stem.split("-")[1]) for p in (run / "checkpoints").glob("step-*.pt"))
     assert len(kept) >= 2
     for step in (kept[0], None):
-        out = export_checkpoint(run, tmp_path / f"{step}.safetensors", step=step)
+        out = export_checkpoint(run, tmp_path / f"{step}.safetensors", step=step, weights="model")
         chosen = step if step is not None else kept[-1]
         saved = torch.load(run / "checkpoints" / f"step-{chosen:08d}.pt", weights_only=True)["model"]
         loaded = load_model(out)
@@ -234,3 +232,102 @@ def test_export_errors(dataset, tmp_path):
     with pytest.raises(TrainingError, match="not a training run"):
         export_checkpoint(tmp_path / "nowhere", tmp_path / "x.safetensors")
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_bf16_and_fp32_runs_reach_the_same_validation_loss(dataset, tmp_path):
+    from audiodenoise.training import Step, resolve_precision
+
+    data = PreparedDataset(dataset)
+    noisy, clean = Mixer(data.speech, data.noise, TINY_TRAIN.mix, sample_rate=16000, seed=0).batch(0, batch_size=4)
+    grads = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        model = DenoisingAutoencoder(TINY_MODEL)
+        step = Step(dataclasses.replace(TINY_TRAIN, precision=precision), data.features, torch.device("cpu"))
+        assert step.precision == precision
+        step.loss(model, torch.from_numpy(noisy), torch.from_numpy(clean)).backward()
+        grads[precision] = torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert torch.nn.functional.cosine_similarity(grads["fp32"], grads["bf16"], dim=0) > 0.99
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        run = tmp_path / precision
+        fit(dataset, run, dataclasses.replace(TINY_TRAIN, precision=precision, epochs=1, steps_per_epoch=8), **QUIET)
+        losses[precision] = float(list(csv.DictReader((run / "log.csv").open()))[-1]["valid_loss"])
+    assert abs(losses["bf16"] - losses["fp32"]) < 0.05 * losses["fp32"]
+    assert resolve_precision("auto", torch.device("cpu")) in ("fp32", "bf16")
+
+
+def test_ema_is_validated_and_the_better_weights_exported(dataset, tmp_path):
+    run = tmp_path / "run"
+    fit(dataset, run, TINY_TRAIN, **QUIET)
+    rows = list(csv.DictReader((run / "log.csv").open()))
+    assert all(np.isfinite(float(r["valid_loss_ema"])) for r in rows)
+    _, payload = last_checkpoint(run)
+    ema = {k[len("module."):]: v for k, v in payload["ema"].items() if k.startswith("module.")}
+    assert set(ema) == set(payload["model"])  # parameters and BatchNorm buffers
+    assert any(not torch.equal(ema[k], payload["model"][k]) for k in ema if ema[k].is_floating_point())
+    for which, state in (("ema", ema), ("model", payload["model"])):
+        out = export_checkpoint(run, tmp_path / f"{which}.safetensors", weights=which)
+        assert load_model(out).info["weights"] == which
+        for key, value in weights(out).items():
+            assert torch.equal(value, state[key]), key
+    best = export_checkpoint(run, tmp_path / "best.safetensors")
+    assert load_model(best).info["weights"] == payload["state"]["better"]
+    exported = load_model(run / "model.safetensors").info
+    best_row = min(rows, key=lambda r: min(float(r["valid_loss"]), float(r["valid_loss_ema"])))
+    assert exported["step"] == int(best_row["step"]) and exported["selected_on"] == "validation loss"
+
+
+@pytest.mark.parametrize("loss", ["compressed_mag+complex", "compressed_mag+sisdr"])
+def test_phase_aware_losses_train(dataset, tmp_path, loss):
+    run = tmp_path / "run"
+    fit(dataset, run, dataclasses.replace(TINY_TRAIN, loss=loss, epochs=1), **QUIET)
+    assert np.isfinite(float(list(csv.DictReader((run / "log.csv").open()))[-1]["valid_loss"]))
+
+
+def test_losses_are_zero_for_a_perfect_mask():
+    from audiodenoise.features import FeatureConfig, stft
+    from audiodenoise.losses import LOSSES, loss_fn, si_sdr_db
+
+    features = FeatureConfig()
+    clean = torch.from_numpy(speech_like(16000, 1.0)[None, 0])
+    spec = stft(clean, config=features)
+    ones = torch.ones(spec.shape)
+    for name in LOSSES:
+        value = loss_fn(ones, spec, spec, clean, loss=name, compress_power=0.3, features=features)
+        if name == "compressed_mag+sisdr":
+            assert value < -0.05  # the SI-SDR term rewards the exact waveform
+        else:
+            assert value < 1e-6, name
+        assert loss_fn(0.5 * ones, spec, spec, clean, loss=name, compress_power=0.3, features=features) > value
+    assert si_sdr_db(clean, clean) > 60
+    assert si_sdr_db(torch.zeros(1, 100), torch.zeros(1, 100)) == 0  # silent targets are left out
+
+
+def test_a_corpus_without_validation_pairs_still_ends_with_a_model(tmp_path):
+    clean, noise = tmp_path / "clean", tmp_path / "noise"
+    clean.mkdir()
+    noise.mkdir()
+    write_audio(clean / "talk.flac", speech_like(16000, 4.0, seed=1), 16000)  # one file: nothing to hold out
+    write_audio(noise / "hiss.wav", 0.1 * np.random.default_rng(0).standard_normal((1, 32000)).astype(np.float32),
+                16000)
+    messages = []
+    prepare([clean], [noise], tmp_path / "ds", config=PrepareConfig(segment_seconds=1.0), progress=False,
+            log=messages.append)
+    assert any("only 0 validation pairs" in m and "--valid-fraction" in m for m in messages)
+    path = fit(tmp_path / "ds", tmp_path / "run", dataclasses.replace(TINY_TRAIN, epochs=1), **QUIET)
+    info = load_model(path).info
+    assert info["weights"] == "ema" and info["selected_on"].startswith("none")
+    r = _cli("train", str(tmp_path / "ds"), "--out", str(tmp_path / "run2"), "--steps-per-epoch", "1", "--epochs",
+             "1", "--batch-size", "2")
+    assert r.returncode == 0, r.stderr
+    assert "No artists" not in r.stderr
+    named = [w for w in r.stderr.split() if w.endswith(".safetensors")]
+    assert named and all(Path(w).is_file() for w in named)
+
+
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_stop_after_must_be_positive(dataset, tmp_path, value):
+    r = _cli("train", str(dataset), "--out", str(tmp_path / "run"), "--stop-after", value)
+    assert r.returncode != 0 and "--stop-after must be at least 1" in r.stderr
+    assert not (tmp_path / "run").exists()

@@ -19,21 +19,24 @@ def prepare(
     noise: Annotated[list[Path], typer.Option("--noise", "-n", help="Noise folder or file (repeat the option).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Dataset folder to write (or resume).")],
     segment_seconds: Annotated[float | None, typer.Option(help="Segment length [4].")] = None,
-    snr_min: Annotated[float | None, typer.Option(help="Lowest SNR in dB [-5].")] = None,
-    snr_max: Annotated[float | None, typer.Option(help="Highest SNR in dB [20].")] = None,
-    mixes: Annotated[int | None, typer.Option(help="Noisy versions of each segment [2].")] = None,
+    snr_min: Annotated[float | None, typer.Option(help="Lowest SNR of the validation pairs, dB [-5].")] = None,
+    snr_max: Annotated[float | None, typer.Option(help="Highest SNR of the validation pairs, dB [20].")] = None,
+    mixes: Annotated[int | None, typer.Option(help="Validation pairs made from each held-out segment [2].")] = None,
     valid_fraction: Annotated[float | None, typer.Option(help="Share of speakers/files held out [0.05].")] = None,
+    min_speech_range_db: Annotated[float | None, typer.Option(
+        help="Drop clean files whose noise floor is less than this many dB below the speech [20].")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed [0].")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Mix clean speech with noise into (noisy, clean) log-magnitude pairs."""
+    """Store clean speech and noise for on-the-fly mixing, and make the fixed validation pairs."""
     from ..prepare import PrepareConfig
     from ..prepare import prepare as run_prepare
 
     def work() -> None:
         overrides = dict(segment_seconds=segment_seconds, snr_db_min=snr_min, snr_db_max=snr_max,
-                         mixes_per_segment=mixes, valid_fraction=valid_fraction, seed=seed)
+                         mixes_per_segment=mixes, valid_fraction=valid_fraction, seed=seed,
+                         min_speech_range_db=min_speech_range_db)
         config = PrepareConfig.from_dict({**PrepareConfig().to_dict(), **{k: v for k, v in overrides.items()
                                                                           if v is not None}})
         summary = run_prepare(clean, noise, out, config=config, progress=not quiet,
@@ -65,10 +68,15 @@ def train(
     steps_per_epoch: Annotated[int | None, typer.Option(help="Steps per epoch (0: one pass) [0].")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Pairs per step and process [16].")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate [2e-3].")] = None,
-    loss: Annotated[str | None, typer.Option(help="compressed_mag, log_mag_l1 or compressed_mag+log.")] = None,
+    loss: Annotated[str | None, typer.Option(
+        help="compressed_mag, compressed_mag+complex, compressed_mag+sisdr, log_mag_l1 or compressed_mag+log "
+             "[compressed_mag].")] = None,
     clean_input_prob: Annotated[
-        float | None, typer.Option(help="Share of items whose input is the clean target [0].")
+        float | None, typer.Option(help="Share of items whose input is the clean target [0.1].")
     ] = None,
+    precision: Annotated[str | None, typer.Option(
+        help="auto (bf16 where the CPU has native bf16, else fp32), fp32 or bf16 [auto].")] = None,
+    ema_decay: Annotated[float | None, typer.Option(help="Weight EMA decay, 0 for none [0.999].")] = None,
     checkpoint_every: Annotated[int | None, typer.Option(help="Steps between checkpoints [500].")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed [0].")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
@@ -81,13 +89,14 @@ def train(
 
     from ..api import resolve_device
     from ..errors import ConfigError
-    from ..training import fit, load_config
+    from ..training import describe_export, fit, load_config
 
     def work() -> None:
         if threads:
             torch.set_num_threads(threads)
         overrides = dict(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr, loss=loss,
-                         checkpoint_every=checkpoint_every, seed=seed, clean_input_prob=clean_input_prob)
+                         checkpoint_every=checkpoint_every, seed=seed, clean_input_prob=clean_input_prob,
+                         precision=precision, ema_decay=ema_decay)
         overrides = {k: v for k, v in overrides.items() if v is not None}
         if resume and config is not None:
             raise ConfigError("--resume uses the run's saved config; give changes as options, not --config")
@@ -95,7 +104,12 @@ def train(
         model = fit(dataset, out, cfg, resume=resume, overrides=overrides, init=init,
                     device=resolve_device(device).type, progress=not quiet, stop_after=stop_after)
         if not quiet:
-            print(f"best model: {model}", file=sys.stderr)
+            if model.is_file():
+                print(f"model: {model} ({describe_export(model)})", file=sys.stderr)
+            else:
+                print(f"no model file yet: the run stopped before its first epoch ended; continue it with "
+                      f"`audiodenoise train {dataset} --out {out} --resume`, or write a checkpoint with "
+                      f"`audiodenoise export {out} MODEL.safetensors`", file=sys.stderr)
 
     run_guarded(PROG, work, verbose=verbose)
 
@@ -104,14 +118,19 @@ def export(
     run: Annotated[Path, typer.Argument(help="Run folder of `audiodenoise train`.", show_default=False)],
     out: Annotated[Path, typer.Argument(help="Model file to write (.safetensors).", show_default=False)],
     step: Annotated[int | None, typer.Option(help="Checkpoint step (default: the latest).")] = None,
+    weights: Annotated[str, typer.Option(
+        help="best (EMA or raw, whichever validated better at that step), ema or model.")] = "best",
     overwrite: Annotated[bool, typer.Option("--overwrite", "-f", help="Replace an existing file.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Write one checkpoint of a training run as a model file for `denoise --model`."""
-    from ..training import export_checkpoint
+    from ..errors import ConfigError
+    from ..runs import export_checkpoint
 
     def work() -> None:
-        path = export_checkpoint(run, out, step=step, overwrite=overwrite)
+        if weights not in ("best", "ema", "model"):
+            raise ConfigError(f"--weights must be best, ema or model, got {weights!r}")
+        path = export_checkpoint(run, out, step=step, weights=weights, overwrite=overwrite)
         print(f"wrote {path}", file=sys.stderr)
 
     run_guarded(PROG, work, verbose=verbose)
