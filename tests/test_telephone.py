@@ -1,7 +1,8 @@
 """Telephone-rate audio (8, 11.025 and 12 kHz) through the shipped model: clean speech kept, noisy speech improved.
 
 Everything above half the input rate is empty once such audio is resampled to the model's 16 kHz,
-and the shipped model has never seen band-limited speech. The cases it fails today are non-strict
+and the shipped model has never seen band-limited speech; the Denoiser shows it the top occupied
+bin's level across the empty bins, which meets most targets. The cases missed today are non-strict
 xfails (XPASS once a model trained on band-limited inputs ships; then make them strict).
 """
 
@@ -21,9 +22,12 @@ from audiodenoise.evaluate import score_pair, si_sdr
 EVAL = Path(__file__).resolve().parents[2] / "shared" / "eval"
 RATES = [8000, 11025, 12000]
 CLEAN_SI_SDR_DB = 15.0
-# measured with the shipped stage-3 model (see the issue-14 report): clean speech comes back
-# 8-35 dB quieter than it went in, and dev pairs lose SI-SDR at every one of these rates
+# Measured with the shipped stage-3 model and the bandwidth carry (api.Denoiser.mask), ten dev pairs:
+# clean SI-SDR 8 / 11.025 / 12 kHz: female 23.4 / 23.6 / 24.8 dB, male 14.6 / 15.2 / 15.8 dB (14.5 at
+# 16 kHz: the model's known gap on that clip); dev PESQ-WB 1.58 -> 1.63, 1.43 -> 1.55, 1.40 -> 1.53;
+# dev SI-SDR 7.5 -> 5.6, 5.9 -> 5.8, 5.4 -> 5.8 dB. Without the carry every case failed by far.
 TODAY = pytest.mark.xfail(strict=False, reason="the shipped model has not seen band-limited speech (issue 14)")
+MALE_GAP = pytest.mark.xfail(strict=False, reason="male clip: the shipped model's known gap (14.5 dB at 16 kHz too)")
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +49,8 @@ def _clip(name: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("rate", [pytest.param(r, marks=TODAY) for r in RATES])
-@pytest.mark.parametrize("name", ["speech-female.wav", "speech-male.wav"])
+@pytest.mark.parametrize("rate", RATES)
+@pytest.mark.parametrize("name", ["speech-female.wav", pytest.param("speech-male.wav", marks=MALE_GAP)])
 def test_clean_speech_at_telephone_rates_is_kept(shipped, name, rate):
     wav = _read_at(_clip(name), rate)
     out = shipped.denoise(wav, rate)
@@ -80,9 +84,13 @@ def dev_scores(shipped) -> dict[int, np.ndarray]:
     return scores
 
 
-@pytest.mark.parametrize("rate", [pytest.param(r, marks=TODAY) for r in RATES])
-@pytest.mark.parametrize("metric", ["pesq_wb", "si_sdr"])
-def test_noisy_dev_pairs_at_telephone_rates_improve(dev_scores, rate, metric):
+@pytest.mark.slow  # ten pairs at three rates, PESQ twice each: minutes on a small CPU
+@pytest.mark.parametrize(
+    ("metric", "rate"),
+    [("pesq_wb", r) for r in RATES] + [pytest.param("si_sdr", r, marks=TODAY) for r in (8000, 11025)]
+    + [("si_sdr", 12000)],
+)
+def test_noisy_dev_pairs_at_telephone_rates_improve(dev_scores, metric, rate):
     rows = dev_scores[rate]
     before, after = (rows[:, 0], rows[:, 1]) if metric == "pesq_wb" else (rows[:, 2], rows[:, 3])
     assert after.mean() > before.mean(), f"{metric} at {rate} Hz: {before.mean():.2f} -> {after.mean():.2f}"
