@@ -342,7 +342,8 @@ class Denoiser:
             # resample to none at 16 kHz, so process one zero-padded frame and cut it back
             segment = np.pad(segment, ((0, 0), (0, native.n_fft - length)))
         at_model_rate = audio.resample(segment, sample_rate, model_rate)
-        mask = self.mask(torch.from_numpy(at_model_rate).to(self.device), bandwidth_hz=sample_rate / 2)
+        band_limited = {"bandwidth_hz": sample_rate / 2} if sample_rate < model_rate else {}
+        mask = self.mask(torch.from_numpy(at_model_rate).to(self.device), **band_limited)
         wav = torch.from_numpy(segment).to(self.device)
         spec = stft(wav, config=native)  # native is self.features at the model's own rate
         if sample_rate != model_rate:
