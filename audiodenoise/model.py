@@ -14,6 +14,11 @@ conv + LeakyReLU + BatchNorm, with U-Net skip connections when ``skip``):
   ``channels[-1]`` features.
 - ``"freq_conv2d"``: 2-D convolutions over (frequency, time); the encoder
   halves the frequency axis at each layer.
+- ``"crn"``: a frequency-local front end as in CRN / GTCRN / DeepFilterNet
+  encoders: 2-D convolutions with stride 2 along frequency (weights shared
+  across frequency), then the (channels x bands) features are flattened into
+  ``bottleneck_channels`` for a temporal stack of dilated 1-D convolutions,
+  and a mirrored 2-D decoder with skips.
 
 Every layer has a finite time support: an output frame depends on
 ``receptive_frames`` frames either side, which is what lets long signals be
@@ -22,6 +27,7 @@ processed in chunks with the same result as one pass.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +36,7 @@ from torch import nn
 from ._config import config_from_dict, config_to_dict
 from .errors import ConfigError
 
-LAYOUTS = ("freq_channels", "freq_conv2d")
+LAYOUTS = ("freq_channels", "freq_conv2d", "crn")
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,7 @@ class ModelConfig:
     negative_slope: float = 0.2
     skip: bool = True
     output: str = "mask"
+    bottleneck_channels: int = 256  # the "crn" layout's temporal stack width
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -56,9 +63,11 @@ class ModelConfig:
             raise ConfigError(f"channels must be positive, got {self.channels}")
         if self.kernel_freq % 2 == 0 or self.kernel_time % 2 == 0:
             raise ConfigError("kernel_freq and kernel_time must be odd")
+        if self.bottleneck_channels < 1:
+            raise ConfigError(f"bottleneck_channels must be positive, got {self.bottleneck_channels}")
         if any(int(d) < 1 for d in self.bottleneck_dilations):
             raise ConfigError(f"bottleneck_dilations must be positive, got {self.bottleneck_dilations}")
-        if self.layout == "freq_conv2d" and self.n_freqs < 2 ** len(self.channels) + 1:
+        if self.layout != "freq_channels" and self.n_freqs < 2 ** len(self.channels) + 1:
             raise ConfigError(f"n_freqs {self.n_freqs} too small for {len(self.channels)} layers")
 
     def to_dict(self) -> dict:
@@ -80,7 +89,7 @@ class _Ops:
 
     def __init__(self, cfg: ModelConfig) -> None:
         self.cfg = cfg
-        self.two_d = cfg.layout == "freq_conv2d"
+        self.two_d = cfg.layout in ("freq_conv2d", "crn")
 
     def _kernel(self) -> tuple:
         k, p = self.cfg.kernel_time, self.cfg.kernel_time // 2
@@ -104,7 +113,7 @@ class _Ops:
 
     def bottleneck(self, channels: int, dilation: int) -> nn.Module:
         k = self.cfg.kernel_time
-        if self.two_d:
+        if self.cfg.layout == "freq_conv2d":
             conv = nn.Conv2d(channels, channels, (3, k), padding=(1, dilation * (k // 2)), dilation=(1, dilation))
         else:
             conv = nn.Conv1d(channels, channels, k, padding=dilation * (k // 2), dilation=dilation)
@@ -138,7 +147,17 @@ class DenoisingAutoencoder(nn.Module):
         factor = 2 if config.skip else 1
         self.input_norm = ops.norm(first)
         self.encoder = nn.ModuleList(ops.encoder(chans[i], chans[i + 1]) for i in range(len(chans) - 1))
-        self.bottleneck = nn.Sequential(*(ops.bottleneck(chans[-1], int(d)) for d in config.bottleneck_dilations))
+        self._crn = config.layout == "crn"
+        if self._crn:  # flatten (channels x bands) into a temporal stack and back
+            bands = _bands(config.n_freqs, len(config.channels))
+            flat, width = chans[-1] * bands, int(config.bottleneck_channels)
+            self.squeeze = nn.Sequential(nn.Conv1d(flat, width, 1), ops.act(), nn.BatchNorm1d(width))
+            self.unsqueeze = nn.Sequential(nn.Conv1d(width, flat, 1), ops.act(), nn.BatchNorm1d(flat))
+            self._crn_shape = (chans[-1], bands)
+            temporal = _Ops(dataclasses.replace(config, layout="freq_channels"))
+            self.bottleneck = nn.Sequential(*(temporal.bottleneck(width, int(d)) for d in config.bottleneck_dilations))
+        else:
+            self.bottleneck = nn.Sequential(*(ops.bottleneck(chans[-1], int(d)) for d in config.bottleneck_dilations))
         self.decoder = nn.ModuleList(
             ops.decoder(chans[i + 1] * factor, chans[i] if i > 0 else head_channels)
             for i in reversed(range(len(chans) - 1))
@@ -166,7 +185,12 @@ class DenoisingAutoencoder(nn.Module):
             x = block(x)
             encoded.append(x)
             sizes.append(x.shape[2])
-        x = self.bottleneck(x)
+        if self._crn:
+            batch, channels, bands, frames = x.shape
+            x = self.unsqueeze(self.bottleneck(self.squeeze(x.reshape(batch, channels * bands, frames))))
+            x = x.reshape(batch, channels, bands, frames)
+        else:
+            x = self.bottleneck(x)
         for level, block in zip(reversed(range(len(self.encoder))), self.decoder, strict=True):
             if self.config.skip:
                 x = torch.cat([x, encoded[level]], dim=1)
@@ -179,6 +203,13 @@ class DenoisingAutoencoder(nn.Module):
         if self.config.output == "mask":
             return torch.sigmoid(out)
         return log_mag + out
+
+
+def _bands(n_freqs: int, layers: int) -> int:
+    """Frequency bands after ``layers`` stride-2 convolutions (padding k // 2): ceil-halving."""
+    for _ in range(layers):
+        n_freqs = (n_freqs + 1) // 2
+    return n_freqs
 
 
 def _match_freq(x: torch.Tensor, n_freqs: int) -> torch.Tensor:

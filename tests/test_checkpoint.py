@@ -57,8 +57,9 @@ def test_save_load_gives_identical_outputs(tmp_path):
         assert torch.equal(loaded.model.state_dict()[key], value), key
 
 
-def test_save_load_round_trip_for_the_2d_layout(tmp_path):
-    config = dataclasses.replace(TINY_MODEL, layout="freq_conv2d", channels=(8, 16), output="log_mag")
+@pytest.mark.parametrize("layout", ["freq_conv2d", "crn"])
+def test_save_load_round_trip_for_the_2d_layouts(tmp_path, layout):
+    config = dataclasses.replace(TINY_MODEL, layout=layout, channels=(8, 16), output="log_mag", bottleneck_channels=32)
     model = make_model(config)
     path = tmp_path / "model2d.safetensors"
     save_model(path, model, FeatureConfig())

@@ -185,3 +185,17 @@ def test_a_long_stream_is_read_in_blocks_and_held_in_bounded_memory():
     assert len(reads) == -(-total // block)  # every block read once, none re-read
     assert max(ahead) <= chunk + 2 * context + block
     assert max(held) <= chunk + 2 * context
+
+
+def test_denoiser_chunked_equals_one_pass_with_the_crn_layout():
+    from audiodenoise.model import ModelConfig
+
+    config = ModelConfig(layout="crn", channels=(4, 8), kernel_freq=3, bottleneck_channels=24,
+                         bottleneck_dilations=(1, 2, 4))
+    wav = speech_like(16000, 3.0, seed=3)
+    wav += 0.02 * np.random.default_rng(2).standard_normal(wav.shape).astype(np.float32)
+    model, features = make_model(config), FeatureConfig()
+    a = Denoiser(model, features, device="cpu", chunk_seconds=100.0).denoise(wav, 16000)
+    b = Denoiser(model, features, device="cpu", chunk_seconds=0.5).denoise(wav, 16000)
+    assert np.abs(a - wav).max() > 1e-2
+    assert np.abs(a - b).max() < 1e-4

@@ -12,6 +12,7 @@ from audiodenoise.errors import ConfigError
 from audiodenoise.model import DenoisingAutoencoder, ModelConfig, count_parameters
 
 TINY_2D = dataclasses.replace(TINY_MODEL, layout="freq_conv2d", channels=(8, 16))
+TINY_CRN = dataclasses.replace(TINY_MODEL, layout="crn", channels=(4, 8), kernel_freq=3, bottleneck_channels=24)
 
 CONFIGS = {
     "freq_channels": TINY_MODEL,
@@ -21,6 +22,9 @@ CONFIGS = {
     "freq_conv2d_log_mag": dataclasses.replace(TINY_2D, output="log_mag"),
     "freq_conv2d_129_bins": dataclasses.replace(TINY_2D, n_freqs=129),
     "freq_conv2d_100_bins": dataclasses.replace(TINY_2D, n_freqs=100, kernel_freq=3),
+    "crn": TINY_CRN,
+    "crn_log_mag_no_skip": dataclasses.replace(TINY_CRN, output="log_mag", skip=False),
+    "crn_100_bins_3_layers": dataclasses.replace(TINY_CRN, n_freqs=100, channels=(4, 4, 8)),
 }
 
 
@@ -41,7 +45,8 @@ def test_output_shape_equals_input_shape(name):
         assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", ["freq_channels", "freq_channels_no_skip", "freq_conv2d", "freq_conv2d_129_bins"])
+@pytest.mark.parametrize("name", ["freq_channels", "freq_channels_no_skip", "freq_conv2d", "freq_conv2d_129_bins",
+                                  "crn"])
 def test_mask_is_in_unit_interval(name):
     config = CONFIGS[name]
     model = make_model(config)
@@ -72,6 +77,8 @@ RF_CONFIGS = {
     "tiny": TINY_MODEL,
     "tiny_kernel5": dataclasses.replace(TINY_MODEL, kernel_time=5, bottleneck_dilations=(1, 3)),
     "tiny_2d": TINY_2D,
+    "tiny_crn": TINY_CRN,
+    "tiny_crn_kernel5": dataclasses.replace(TINY_CRN, kernel_time=5, bottleneck_dilations=(1, 2, 4)),
     "tiny_3_layers_no_skip": dataclasses.replace(TINY_MODEL, channels=(24, 16, 8), skip=False),
     "default": ModelConfig(),
 }
@@ -135,6 +142,8 @@ def test_config_dict_round_trip_and_unknown_keys():
         ({"kernel_time": 4}, "must be odd"),
         ({"bottleneck_dilations": (1, 0)}, "dilations must be positive"),
         ({"layout": "freq_conv2d", "n_freqs": 4}, "too small"),
+        ({"layout": "crn", "n_freqs": 4}, "too small"),
+        ({"bottleneck_channels": 0}, "bottleneck_channels must be positive"),
     ],
 )
 def test_config_rejects_bad_values(changes, match):
@@ -148,3 +157,17 @@ def test_count_parameters_counts_only_trainable_ones():
     assert total == sum(p.numel() for p in model.parameters())
     model.head.requires_grad_(False)
     assert count_parameters(model) == total - model.head.weight.numel() - model.head.bias.numel()
+
+
+def test_crn_shares_weights_across_frequency():
+    # the front end is frequency-local: shifting a pattern up by one encoder stride moves the first
+    # encoder layer's response with it (the same kernel sees it), which 1-D bins-as-channels cannot do
+    model = make_model(TINY_CRN)
+    first = model.encoder[0][0]
+    assert isinstance(first, torch.nn.Conv2d) and first.stride == (2, 1)
+    x = torch.full((1, 1, 64, 9), -4.0)
+    x[0, 0, 20:24, 4] = 2.0
+    shifted = torch.roll(x, 2, dims=2)
+    with torch.no_grad():
+        a, b = first(x), first(shifted)
+    assert torch.allclose(torch.roll(a, 1, dims=2)[:, :, 2:-2], b[:, :, 2:-2], atol=1e-6)
