@@ -3,6 +3,7 @@
 >>> from audiodenoise import Denoiser
 >>> denoiser = Denoiser.from_pretrained()
 >>> clean = denoiser.denoise(noisy, sample_rate=44100)   # numpy or torch, [channels, time] or [time]
+>>> wav, rate = soundfile.read("in.wav"); clean = denoiser.denoise(wav, rate, channels_last=True)
 >>> denoiser.denoise_file("in.wav", "out.wav")
 
 The model works on a 16 kHz log-magnitude grid; a file at any other rate is
@@ -14,7 +15,6 @@ channels and full bandwidth. Content above 8 kHz gets the mask of the
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from collections.abc import Callable
@@ -28,16 +28,17 @@ import torch
 from . import audio, outputs
 from .audio import AtomicWriter
 from .checkpoint import LoadedModel, load_model
-from .chunking import process_array, process_chunked
+from .chunking import process_array, process_chunked, process_stream
 from .errors import AudioError, ConfigError, ModelError
 from .features import FeatureConfig, analyze, istft, stft
+from .grids import grid_alignment, native_features, transfer_mask
 from .model import DenoisingAutoencoder
 
 PRETRAINED_PACKAGE = "audiodenoise.pretrained"
 PRETRAINED_FILE = "model.safetensors"
-# native-rate bins above HIGH_BAND_START_HZ take the mean mask of EXTENSION_BAND_HZ
-EXTENSION_BAND_HZ = (6000.0, 7000.0)
-HIGH_BAND_START_HZ = 7000.0
+# input below the model's rate: the model sees the level of the bin at this share of the input's
+# bandwidth (below the resampler's roll-off) carried across the empty bins above it
+BANDWIDTH_MARGIN = 0.95
 # extra context beyond the model's receptive field: resampler filters and STFT edges
 CONTEXT_MARGIN_SECONDS = 0.25
 # seconds of audio above which a progress bar is worth showing
@@ -47,6 +48,10 @@ PROGRESS_MIN_SECONDS = 5.0
 CHANNEL_GROUP = 8
 # lossy outputs made at most this many times to keep their decoded peaks at or below full scale
 LOSSY_ATTEMPTS = 4
+# float input peaking above this is refused: integer PCM stored as float (peak 32767), not audio at full scale 1.0
+MAX_FLOAT_PEAK = 16.0
+# a 2-D signal with more rows than columns and more rows than this is taken for [time, channels] and refused
+MAX_CHANNELS_FIRST = 64
 
 
 @dataclass(frozen=True)
@@ -148,18 +153,34 @@ class Denoiser:
 
     # -- signals -------------------------------------------------------------
 
-    def denoise(self, wav, sample_rate: int):
+    @property
+    def sample_rate(self) -> int:
+        """The model's own rate in Hz; :meth:`denoise` takes any rate from 8 to 192 kHz."""
+        return self.features.sample_rate
+
+    def denoise(self, wav, sample_rate: int, *, channels_last: bool = False):
         """Denoise a signal.
 
         Parameters
         ----------
-        wav : ndarray or Tensor, [channels, time] or [time]
+        wav : ndarray or Tensor, [channels, time] or [time]; [time, channels]
+            (what ``soundfile.read`` returns) with ``channels_last=True``.
+            A 2-D signal with more rows than columns and more than
+            :data:`MAX_CHANNELS_FIRST` rows is refused as a likely
+            [time, channels] array. Float samples are at full scale
+            1.0; a peak above :data:`MAX_FLOAT_PEAK` is refused as likely
+            integer PCM stored as float.
         sample_rate : int, 8000 to 192000
+        channels_last : ``wav`` is [time, channels]; the output is too
 
         Returns
         -------
         The same type, shape and (floating) dtype as ``wav``.
         """
+        if channels_last:
+            if getattr(wav, "ndim", None) != 2:
+                raise AudioError(f"channels_last=True expects a [time, channels] signal, got shape {tuple(wav.shape)}")
+            return self.denoise(wav.T, sample_rate).T
         is_torch = isinstance(wav, torch.Tensor)
         if is_torch:
             # numpy has no bfloat16: widen any torch float to float32 (the output gets wav's dtype back)
@@ -178,6 +199,17 @@ class Denoiser:
             raise AudioError(f"signal has no channels (shape {array.shape})")
         if data.shape[1] == 0:
             raise AudioError("signal holds no samples")
+        if data.shape[0] > max(data.shape[1], MAX_CHANNELS_FIRST):
+            raise AudioError(
+                f"signal of shape {array.shape} has more channels than samples: it looks like "
+                "[time, channels] (soundfile's layout); pass x.T or channels_last=True"
+            )
+        peak = float(np.abs(array).max())
+        if peak > MAX_FLOAT_PEAK:
+            raise AudioError(
+                f"peak {peak:.6g} is far beyond full scale (1.0): looks like integer PCM stored as float; "
+                "divide by 32768 (16-bit) or 2147483648 (32-bit)"
+            )
         if not float(sample_rate).is_integer():
             raise AudioError(f"sample rate must be a whole number of Hz, got {sample_rate!r}")
         audio.check_sample_rate(int(sample_rate))
@@ -218,6 +250,30 @@ class Denoiser:
         stacked = np.concatenate([source, target])
         out = process_array(stacked, fn, **self._plan(int(sample_rate)))[n:]
         return out.reshape(np.shape(wav_to_filter))
+    def denoise_batch(self, batch, sample_rate: int, *, channels_last: bool = False):
+        """Denoise several signals at one rate.
+
+        Parameters
+        ----------
+        batch : ndarray or Tensor [batch, channels, time], or a list of
+            signals as :meth:`denoise` takes them (lengths may differ)
+        sample_rate : int, 8000 to 192000
+        channels_last : the signals are [time, channels] ([batch, time, channels])
+
+        Returns
+        -------
+        The same type and shape: an array or tensor, or a list.
+        """
+        if isinstance(batch, (list, tuple)):
+            return [self.denoise(wav, sample_rate, channels_last=channels_last) for wav in batch]
+        if isinstance(batch, (torch.Tensor, np.ndarray)):
+            if batch.ndim != 3:
+                raise AudioError(f"expected a batch shaped [batch, channels, time], got shape {tuple(batch.shape)}")
+            outs = [self.denoise(wav, sample_rate, channels_last=channels_last) for wav in batch]
+            if isinstance(batch, torch.Tensor):
+                return torch.stack(outs) if outs else batch.clone()
+            return np.stack(outs) if outs else batch.copy()
+        raise AudioError(f"expected a batch array, tensor or list of signals, got {type(batch).__name__}")
 
     # -- files -----------------------------------------------------------------
 
@@ -265,7 +321,7 @@ class Denoiser:
                             self._chunk_fn(meta.sample_rate, integer_output=integer_output, **limit),
                             writer.write,
                             meta.frames,
-                            on_progress=(lambda n: bar.update(n / meta.sample_rate)) if bar else None,
+                            on_progress=bar.update if bar else None,
                             **self._plan(meta.sample_rate),
                         )
                     break
@@ -280,6 +336,20 @@ class Denoiser:
                 bar.close()
         return DenoiseResult(str(src), str(dst), meta.sample_rate, meta.channels, meta.frames)
 
+    def denoise_blocks(
+        self, blocks, sample_rate: int, write: Callable[[np.ndarray], None], *, integer_output: bool = False
+    ) -> int:
+        """Denoise a signal of unknown length (a pipe) read forward in blocks, in bounded memory.
+
+        ``blocks`` yields ``float32 [channels, n]``; ``write`` receives the
+        denoised signal in order, the same samples :meth:`denoise` gives for
+        the whole signal. ``integer_output``: hard-clip to [-1, 1] even
+        without the limiter. Returns the number of samples.
+        """
+        audio.check_sample_rate(sample_rate)
+        fn = self._chunk_fn(sample_rate, integer_output=integer_output)
+        return process_stream(blocks, fn, write, **self._plan(sample_rate))
+
     # -- internals -------------------------------------------------------------
 
     def _plan(self, sample_rate: int) -> dict:
@@ -293,7 +363,7 @@ class Denoiser:
         return {
             "chunk": max(1, round(self.chunk_seconds * sample_rate)),
             "context": context,
-            "align": _grid_alignment(sample_rate, native.hop_length, model_rate, self.features.hop_length),
+            "align": grid_alignment(sample_rate, native.hop_length, model_rate, self.features.hop_length),
         }
 
     def _chunk_fn(
@@ -340,7 +410,8 @@ class Denoiser:
             if target is not None:
                 target = np.pad(target, ((0, 0), (0, native.n_fft - length)))
         at_model_rate = audio.resample(segment, sample_rate, model_rate)
-        mask = self.mask(torch.from_numpy(at_model_rate).to(self.device))
+        band_limited = {"bandwidth_hz": sample_rate / 2} if sample_rate < model_rate else {}
+        mask = self.mask(torch.from_numpy(at_model_rate).to(self.device), **band_limited)
         wav = torch.from_numpy(segment if target is None else np.ascontiguousarray(target)).to(self.device)
         spec = stft(wav, config=native)  # native is self.features at the model's own rate
         if sample_rate != model_rate:
@@ -350,9 +421,19 @@ class Denoiser:
         out[np.abs(out) < 1e-30] = 0.0  # no denormals
         return out
 
-    def mask(self, wav: torch.Tensor) -> torch.Tensor:
-        """Mask over the model-rate STFT of ``wav [channels, time]``: ``[channels, freq, frames]``."""
+    def mask(self, wav: torch.Tensor, *, bandwidth_hz: float | None = None) -> torch.Tensor:
+        """Mask over the model-rate STFT of ``wav [channels, time]``: ``[channels, freq, frames]``.
+
+        ``bandwidth_hz``: the input's own bandwidth (half its rate) when that is
+        below the model's. The bins above it are empty after resampling, which
+        the model has never seen (it then removes most of the speech below), so
+        the model is shown the level of the top occupied bin carried across them.
+        """
         log_mag, _ = analyze(wav, config=self.features)
+        if bandwidth_hz is not None and bandwidth_hz < self.features.sample_rate / 2:
+            top = int(BANDWIDTH_MARGIN * bandwidth_hz * self.features.n_fft / self.features.sample_rate)
+            log_mag = log_mag.clone()
+            log_mag[..., top:, :] = log_mag[..., top - 1 : top, :]
         out = self.model(log_mag)
         if self.model.config.output == "mask":
             mask = out
@@ -363,90 +444,17 @@ class Denoiser:
         return mask
 
 
-def transfer_mask(
-    mask: torch.Tensor, features: FeatureConfig, native: FeatureConfig, *, n_frames: int
-) -> torch.Tensor:
-    """Carry a model-rate mask ``[channels, freq, frames]`` over to another STFT grid.
-
-    Bins are matched by frequency in Hz (linear interpolation) up to
-    :data:`HIGH_BAND_START_HZ`; bins above take the frame's mean mask over
-    :data:`EXTENSION_BAND_HZ` (so a 48 kHz file keeps its 8-24 kHz content
-    where the model judges the upper speech band to be speech). Frames are
-    matched by time.
-    """
-    n_model_freqs = mask.shape[-2]
-    model_bin_hz = features.sample_rate / features.n_fft
-    native_hz = torch.arange(native.n_freqs, device=mask.device, dtype=torch.float64) * (
-        native.sample_rate / native.n_fft
-    )
-    # frequency: fractional model bin for each native bin
-    pos = (native_hz / model_bin_hz).clamp(max=n_model_freqs - 1)
-    lo = pos.floor().long()
-    hi = (lo + 1).clamp(max=n_model_freqs - 1)
-    w = (pos - lo).to(mask.dtype)[:, None]
-    by_freq = mask[..., lo, :] * (1 - w) + mask[..., hi, :] * w
-    band_lo, band_hi = (round(f / model_bin_hz) for f in EXTENSION_BAND_HZ)
-    band_lo, band_hi = min(band_lo, n_model_freqs - 1), min(band_hi, n_model_freqs - 1)
-    extension = mask[..., band_lo : band_hi + 1, :].mean(dim=-2, keepdim=True)
-    high = (native_hz > HIGH_BAND_START_HZ)[:, None]
-    if features.sample_rate / 2 > HIGH_BAND_START_HZ:
-        by_freq = torch.where(high, extension, by_freq)
-    # time: fractional model frame for each native frame
-    n_model_frames = mask.shape[-1]
-    t = torch.arange(n_frames, device=mask.device, dtype=torch.float64) * (
-        native.hop_length / native.sample_rate * features.sample_rate / features.hop_length
-    )
-    t = t.clamp(max=n_model_frames - 1)
-    t_lo = t.floor().long()
-    t_hi = (t_lo + 1).clamp(max=n_model_frames - 1)
-    tw = (t - t_lo).to(mask.dtype)
-    return by_freq[..., t_lo] * (1 - tw) + by_freq[..., t_hi] * tw
-
-
-def native_features(features: FeatureConfig, sample_rate: int) -> FeatureConfig:
-    """The STFT grid at ``sample_rate`` that the model's mask is applied on.
-
-    :meth:`FeatureConfig.for_rate` (same frame duration), with the hop shortened
-    where needed to divide the span after which the model's frames and the
-    native frames line up again (the chunk alignment). At 44.1 kHz the hop
-    becomes 294 samples instead of 353, so chunks align every 40 ms rather than
-    every 14 s, which would otherwise round each chunk's context up to 14 s.
-    """
-    if sample_rate == features.sample_rate:
-        return features
-    native = features.for_rate(sample_rate)
-    span = sample_rate * features.hop_length
-    step = span // math.gcd(span, features.sample_rate)  # samples per whole number of model hops
-    hop = max(d for d in range(1, native.hop_length + 1) if step % d == 0)
-    if hop == native.hop_length or 2 * hop < native.hop_length:  # already aligned, or no close divisor
-        return native
-    return dataclasses.replace(native, hop_length=hop)
-
-
-def _grid_alignment(sample_rate: int, native_hop: int, model_rate: int, model_hop: int, limit: int = 1 << 20) -> int:
-    """Smallest sample count that is a whole number of native hops and of model hops.
-
-    Falls back to the native hop alone when that number would exceed ``limit``
-    (then chunk seams differ from a single pass by resampling error only).
-    """
-    step = native_hop
-    n = step
-    while n <= limit:
-        if (n * model_rate) % (sample_rate * model_hop) == 0:
-            return n
-        n += step
-    return native_hop
-
-
 def _progress_bar(meta: audio.AudioInfo, *, enabled: bool):
     if not enabled or meta.duration < PROGRESS_MIN_SECONDS:
         return None
     from tqdm import tqdm
 
+    # counted in samples, shown in seconds: the count ends exactly at the total (a total rounded to
+    # 0.01 s fell short of the summed chunk seconds at 44.1 kHz: a clamping warning and a negative ETA)
     return tqdm(
-        total=round(meta.duration, 2),
+        total=meta.frames,
         unit="s",
-        unit_scale=False,
+        unit_scale=1.0 / meta.sample_rate,
         desc=Path(meta.path).name,
         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}, {rate_fmt}]",
         leave=False,

@@ -68,6 +68,7 @@ from .batch_worker import (
 )
 from .errors import AudioDenoiseError, ConfigError, OutputError
 from .outputs import sweep_audio_temp_files as sweep_temp_files
+from .processes import check_main_guard
 
 __all__ = [
     "AUDIO_EXTENSIONS", "FAILED", "INTERRUPTED", "MAX_DEFAULT_JOBS", "OK", "REPORT_FIELDS", "SKIPPED",
@@ -126,6 +127,8 @@ def run_batch(
     jobs = default_jobs() if jobs is None else int(jobs)
     if jobs < 1:
         raise ConfigError(f"jobs must be at least 1, got {jobs}")
+    if jobs > 1:
+        check_main_guard(f"run_batch(jobs={jobs})")
     writer = ReportWriter(report, overwrite=overwrite) if report is not None else None
     try:
         local = denoiser() if callable(denoiser) else denoiser  # also checks the model before any worker starts

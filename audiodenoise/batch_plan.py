@@ -8,6 +8,7 @@ show in the summary and the report.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import re
@@ -51,6 +52,7 @@ class BatchPlan:
     globs: tuple[str, ...] = ()
     excludes: tuple[str, ...] = ()
     format: str | None = None
+    suffix: str | None = None  # set: each file's output is NAME<suffix>.EXT beside it (out_dir unused)
 
     @classmethod
     def from_folder(
@@ -108,6 +110,20 @@ class BatchPlan:
         _check_out_dir(out_dir)
         return cls(sources, out_dir, False, _patterns(globs), _patterns(excludes), normalize_format(format))
 
+    @classmethod
+    def beside(
+        cls,
+        files: Iterable[str | os.PathLike],
+        *,
+        suffix: str,
+        globs: Iterable[str] = (),
+        excludes: Iterable[str] = (),
+        format: str | None = None,
+    ) -> BatchPlan:
+        """Each file to ``NAME<suffix>.EXT`` in its own folder (``--format`` changes ``EXT``)."""
+        plan = cls.from_files(files, ".", globs=globs, excludes=excludes, format=format)
+        return dataclasses.replace(plan, suffix=suffix)
+
     # -- the walk ------------------------------------------------------------------
 
     def tasks(self) -> Iterator[Task]:
@@ -117,10 +133,17 @@ class BatchPlan:
             yield from self._walk(root, "", frozenset({root.resolve()}), self.out_dir.resolve())
             return
         seen: dict[Path, Path] = {}
+        inputs = {src.absolute() for src in self.sources}
         for src in self.sources:
             if (self.globs or self.excludes) and not self._selected(src.name, src.name, default=True):
                 continue
-            dst = self._output(self.out_dir / src.name)
+            if self.suffix:
+                dst = self._output(src.with_name(src.stem + self.suffix + src.suffix))
+                if dst.absolute() in inputs:
+                    yield Task(src, dst, error=f"output {dst} is also an input; it is never overwritten")
+                    continue
+            else:
+                dst = self._output(self.out_dir / src.name)
             first = seen.setdefault(dst, src)
             if first is not src:
                 yield Task(src, dst, error=f"output {dst} would also be written from {first}; rename one of them")

@@ -10,7 +10,7 @@ whole signal at once, and an identity function returns the input exactly.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,3 +84,55 @@ def process_array(wav: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], **pla
     if not pieces:
         return wav.copy()
     return np.concatenate(pieces, axis=1)
+
+
+def process_stream(
+    blocks: Iterable[np.ndarray],
+    fn: Callable[[np.ndarray], np.ndarray],
+    write: Callable[[np.ndarray], None],
+    *,
+    chunk: int,
+    context: int,
+    align: int = 1,
+) -> int:
+    """:func:`process_chunked` over a signal of unknown length, read forward in ``blocks``.
+
+    ``blocks`` yields ``[channels, n]`` pieces in order (a pipe read block by
+    block). The segments passed to ``fn`` are those :func:`plan_chunks` gives
+    for the whole length, so the output is the same as :func:`process_chunked`
+    over the concatenated blocks; only what the next chunk needs is held:
+    at most ``chunk + 2 * context`` samples (rounded up to ``align``) plus one
+    block. Returns the number of samples processed.
+    """
+    if chunk < 1 or context < 0 or align < 1:
+        raise ValueError(f"bad chunk plan: chunk={chunk} context={context} align={align}")
+    chunk = align * math.ceil(chunk / align)
+    context = align * math.ceil(context / align)
+    source = iter(blocks)
+    pieces: list[np.ndarray] = []
+    held_start = 0  # signal index of the first sample held
+    read = 0  # samples read so far
+    start = 0  # the next core's first sample
+    ended = False
+    while True:
+        while not ended and read < start + chunk + context:
+            block = next(source, None)
+            if block is None:
+                ended = True
+            elif block.shape[-1]:
+                pieces.append(block)
+                read += block.shape[-1]
+        if start >= read:
+            return read
+        held = np.concatenate(pieces, axis=1) if len(pieces) > 1 else pieces[0]
+        stop = min(read, start + chunk)
+        read_start, read_stop = max(0, start - context), min(read, stop + context)
+        segment = held[:, read_start - held_start : read_stop - held_start]
+        out = fn(segment)
+        if out.shape != segment.shape:
+            raise ValueError(f"chunk function changed the shape {segment.shape} -> {out.shape}")
+        write(out[:, start - read_start : stop - read_start])
+        start = stop
+        keep_from = max(0, start - context)  # what the next segment can still reach
+        pieces = [held[:, keep_from - held_start :]]
+        held_start = keep_from

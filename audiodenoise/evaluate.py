@@ -69,6 +69,7 @@ from .pairs import (  # noqa: F401  (public API)
     read_pairs_csv,
     snr_group,
 )
+from .processes import check_main_guard
 from .report import TABLE_HEADER, format_table, summarize, write_csv, write_report  # noqa: F401  (public API)
 
 PROTOCOL = ("shared/eval/README.md: float64 mono 16 kHz, aligned within +-100 ms, "
@@ -154,6 +155,8 @@ def evaluate_systems(
     names = [n for n, _ in systems]
     if len(set(names)) != len(names):
         raise ConfigError(f"two systems share a name ({', '.join(names)}); give each its own NAME=DIR")
+    if jobs > 1:
+        check_main_guard(f"evaluate(jobs={jobs})")
     _metric_functions()  # fail before any work if the extra is missing
     pairs, unmatched = match_pairs(noisy_dir, clean_dir, pairs_csv=pairs_csv)
     folders = {n: audio_files(s, role="denoised") for n, s in systems if isinstance(s, (str, os.PathLike))}

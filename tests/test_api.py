@@ -203,3 +203,75 @@ def test_denoise_file_equals_denoise_on_the_signal(tmp_path, denoiser):
     out, rate = sf.read(tmp_path / "out.wav", dtype="float32", always_2d=True)
     assert rate == 48000
     assert np.abs(out.T - denoiser.denoise(wav, 48000)).max() < 1e-6
+
+
+def test_soundfile_layout_is_refused_with_a_hint_and_accepted_with_channels_last(denoiser, tmp_path):
+    path = write_audio(tmp_path / "stereo.wav", speech_like(16000, 0.5, channels=2, seed=3), 16000)
+    wav, rate = sf.read(str(path), dtype="float32")  # [time, channels]
+    assert wav.shape == (8000, 2)
+    with pytest.raises(AudioError, match=r"looks like \[time, channels\].*x\.T or channels_last=True"):
+        denoiser.denoise(wav, rate)
+    out = denoiser.denoise(wav, rate, channels_last=True)
+    assert out.shape == wav.shape
+    assert np.array_equal(out, denoiser.denoise(np.ascontiguousarray(wav.T), rate).T)
+    tensor_out = denoiser.denoise(torch.from_numpy(wav), rate, channels_last=True)
+    assert np.array_equal(tensor_out.numpy(), out)
+    with pytest.raises(AudioError, match="channels_last=True expects a \\[time, channels\\]"):
+        denoiser.denoise(wav[:, 0], rate, channels_last=True)
+
+
+@pytest.mark.parametrize("scale", [32767.0, 2.0**31])
+def test_integer_scale_float_input_is_refused(denoiser, scale):
+    wav = np.round(speech_like(16000, 0.2) * scale)  # int PCM values stored as float
+    with pytest.raises(AudioError, match="looks like integer PCM stored as float; divide by 32768"):
+        denoiser.denoise(wav, 16000)
+    assert denoiser.denoise(wav / scale, 16000).shape == wav.shape  # scaled, it is fine
+
+
+def test_overshoot_below_the_integer_scale_limit_is_denoised(denoiser):
+    wav = speech_like(16000, 0.2) * (0.9 * api.MAX_FLOAT_PEAK / 0.5)  # float mixes may exceed 1.0
+    assert np.isfinite(denoiser.denoise(wav, 16000)).all()
+
+
+def test_sample_rate_is_the_models_own_rate():
+    features = FeatureConfig()
+    assert Denoiser(make_model(), features, device="cpu").sample_rate == features.sample_rate == 16000
+    assert Denoiser.from_pretrained(device="cpu").sample_rate == 16000
+
+
+def test_batch_call_equals_one_call_per_signal(denoiser):
+    batch = np.stack([speech_like(22050, 0.2, channels=2, seed=s) for s in range(3)])  # [batch, channels, time]
+    out = denoiser.denoise_batch(batch, 22050)
+    assert isinstance(out, np.ndarray) and out.shape == batch.shape and out.dtype == batch.dtype
+    for item, result in zip(batch, out, strict=True):
+        assert np.array_equal(result, denoiser.denoise(item, 22050))
+    tensor_out = denoiser.denoise_batch(torch.from_numpy(batch), 22050)
+    assert isinstance(tensor_out, torch.Tensor) and np.array_equal(tensor_out.numpy(), out)
+    ragged = [speech_like(22050, 0.1), speech_like(22050, 0.3, seed=1)[0]]  # lengths and ranks differ
+    listed = denoiser.denoise_batch(ragged, 22050)
+    assert isinstance(listed, list) and [x.shape for x in listed] == [(1, 2205), (6615,)]
+    assert np.array_equal(listed[1], denoiser.denoise(ragged[1], 22050))
+    last = denoiser.denoise_batch(np.ascontiguousarray(batch.transpose(0, 2, 1)), 22050, channels_last=True)
+    assert np.array_equal(last, out.transpose(0, 2, 1))
+    with pytest.raises(AudioError, match=r"\[batch, channels, time\]"):
+        denoiser.denoise_batch(batch[0], 22050)
+
+
+def test_band_limited_input_shows_the_model_its_top_band_carried_across_the_empty_bins(monkeypatch):
+    model = make_model()
+    seen = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda log_mag: seen.append(log_mag.clone()) or forward(log_mag))
+    denoiser = Denoiser(model, FeatureConfig(), device="cpu")
+    wav = speech_like(8000, 0.5)
+    denoiser.denoise(wav, 8000)
+    log_mag = seen[-1]  # [channels, freq, frames] at 16 kHz: 31.25 Hz bins
+    top = int(api.BANDWIDTH_MARGIN * 4000 / 31.25)
+    assert torch.equal(log_mag[..., top:, :], log_mag[..., top - 1 : top, :].expand_as(log_mag[..., top:, :]))
+    assert not torch.equal(log_mag[..., top - 2, :], log_mag[..., top - 1, :])  # below: the signal itself
+
+
+@pytest.mark.parametrize("sample_rate", [16000, 48000])
+def test_full_band_input_is_not_touched_by_the_bandwidth_carry(denoiser, sample_rate):
+    wav = torch.from_numpy(speech_like(16000, 0.5, seed=7))
+    assert torch.equal(denoiser.mask(wav, bandwidth_hz=sample_rate / 2), denoiser.mask(wav))

@@ -7,7 +7,7 @@ import pytest
 from conftest import make_model, speech_like
 
 from audiodenoise.api import Denoiser
-from audiodenoise.chunking import plan_chunks, process_array, process_chunked
+from audiodenoise.chunking import plan_chunks, process_array, process_chunked, process_stream
 from audiodenoise.features import FeatureConfig
 
 PLANS = [
@@ -123,6 +123,68 @@ def test_chunk_alignment_stays_short_at_44_1_khz_rates(sample_rate):
     plan = Denoiser(make_model(), FeatureConfig(), device="cpu")._plan(sample_rate)
     assert plan["align"] <= 0.05 * sample_rate
     assert plan["context"] <= 2 * sample_rate
+
+
+def _blocks(wav: np.ndarray, sizes, log: list | None = None):
+    """``wav`` in blocks of the given sizes (cycled); ``log`` gets the samples read so far at each block."""
+    start, i = 0, 0
+    while start < wav.shape[1]:
+        n = sizes[i % len(sizes)]
+        if log is not None:
+            log.append(start + min(n, wav.shape[1] - start))
+        yield wav[:, start : start + n]
+        start, i = start + n, i + 1
+
+
+@pytest.mark.parametrize("total", [0, 1, 99, 100, 101, 1234])
+@pytest.mark.parametrize(("chunk", "context", "align"), [(100, 0, 1), (100, 30, 1), (64, 100, 8), (7, 3, 5)])
+@pytest.mark.parametrize("sizes", [[1], [13, 250], [5000]])
+def test_stream_equals_chunked_processing_of_the_whole_signal(total, chunk, context, align, sizes):
+    wav = np.random.default_rng(total).standard_normal((2, total))
+    segments_whole, segments_stream = [], []
+
+    def fn_for(log):
+        def fn(segment):
+            log.append(segment.copy())
+            return np.cumsum(segment, axis=1)  # depends on everything in the segment: any shift shows
+        return fn
+
+    whole = process_array(wav, fn_for(segments_whole), chunk=chunk, context=context, align=align)
+    pieces = []
+    n = process_stream(_blocks(wav, sizes), fn_for(segments_stream), pieces.append, chunk=chunk, context=context,
+                       align=align)
+    assert n == total
+    streamed = np.concatenate(pieces, axis=1) if pieces else wav[:, :0]
+    assert np.array_equal(streamed, whole)
+    assert len(segments_stream) == len(segments_whole)
+    assert all(np.array_equal(a, b) for a, b in zip(segments_stream, segments_whole, strict=True))
+
+
+def test_a_long_stream_is_read_in_blocks_and_held_in_bounded_memory():
+    # a 10-minute 48 kHz stream in 4096-sample blocks: the reader never runs more than one chunk plus
+    # both contexts plus one block ahead of what has been written
+    chunk, context, block, rate = 48000, 12000, 4096, 48000
+    total = 600 * rate
+    reads: list[int] = []
+    written = [0]
+    ahead = []
+
+    def stream():
+        for start in range(0, total, block):
+            n = min(block, total - start)
+            reads.append(start + n)
+            ahead.append(start + n - written[0])
+            yield np.full((1, n), 0.25, np.float32)
+
+    def write(core):
+        written[0] += core.shape[1]
+
+    held = []
+    n = process_stream(stream(), lambda s: held.append(s.shape[1]) or s, write, chunk=chunk, context=context)
+    assert n == total == written[0]
+    assert len(reads) == -(-total // block)  # every block read once, none re-read
+    assert max(ahead) <= chunk + 2 * context + block
+    assert max(held) <= chunk + 2 * context
 
 
 def test_denoiser_chunked_equals_one_pass_with_the_crn_layout():

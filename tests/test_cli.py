@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -134,12 +135,19 @@ def test_attenuation_limit_reaches_the_model(tmp_path):
     assert energies["unlimited"] < -40
 
 
-@pytest.mark.parametrize("device", ["tpu", "cuda"])
-def test_bad_device_is_one_clear_error(tmp_path, src, tiny_model_file, device):
-    if device == "cuda" and torch.cuda.is_available():
+def test_unavailable_device_is_one_clear_error(tmp_path, src, tiny_model_file):
+    if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    result = run(src, tmp_path / "out.wav", "--model", tiny_model_file, "--device", device)
+    result = run(src, tmp_path / "out.wav", "--model", tiny_model_file, "--device", "cuda")
     assert_one_error_line(result, "device")
+    assert not (tmp_path / "out.wav").exists()
+
+
+@pytest.mark.parametrize("device", ["gpu", "tpu", "cuda:x", "CPU "])
+def test_invalid_device_is_a_usage_error(tmp_path, src, tiny_model_file, device):
+    result = run(src, tmp_path / "out.wav", "--model", tiny_model_file, "--device", device)
+    assert result.exit_code == 2, (result.exit_code, result.stderr)
+    assert "--device" in result.stderr and "is not auto, cpu, cuda or cuda:N" in result.stderr
     assert not (tmp_path / "out.wav").exists()
 
 
@@ -290,11 +298,62 @@ def test_bad_model_file(tmp_path, src):
     assert not (tmp_path / "out.wav").exists()
 
 
-@pytest.mark.parametrize("args", [["only_one.wav"], ["a.wav", "b.wav", "c.wav"]])
-def test_wrong_number_of_paths_is_a_usage_error(tmp_path, args):
-    result = run(*[tmp_path / a for a in args])
+@pytest.mark.parametrize("args", [["-"], ["-", "a.wav", "b.wav"], ["a.wav", "-", "b.wav"]])
+def test_stdio_outside_in_out_is_a_usage_error(tmp_path, args):
+    result = run(*[a if a == "-" else tmp_path / a for a in args])
     assert result.exit_code == 2
-    assert result.stderr.startswith("denoise: error: expected an input and an output path")
+    assert result.stderr.startswith("denoise: error: - (standard input or output) works only as IN or OUT")
+
+
+def test_one_file_is_written_beside_itself(tmp_path, src, tiny_model_file):
+    result = run(src, "--model", tiny_model_file)
+    assert result.exit_code == 0, result.stderr
+    out = tmp_path / "in_denoised.wav"
+    assert result.stderr.startswith(f"wrote {out} ") and result.stdout == ""
+    expected = tmp_path / "expected.wav"
+    assert run(src, expected, "--model", tiny_model_file).exit_code == 0
+    assert out.read_bytes() == expected.read_bytes()
+    before = out.read_bytes()
+    again = run(src, "--model", tiny_model_file)  # never overwrites
+    assert_one_error_line(again, f"{out}: already exists")
+    assert out.read_bytes() == before
+
+
+def test_several_files_are_written_beside_themselves(tmp_path, tiny_model_file):
+    (tmp_path / "sub").mkdir()
+    files = [write_audio(tmp_path / name, speech_like(16000, 0.3, seed=i), 16000)
+             for i, name in enumerate(["a.wav", "sub/b.flac", "c.wav"])]
+    (tmp_path / "c_denoised.wav").write_bytes(b"kept")  # an existing output is skipped, not overwritten
+    result = run(*files, "--model", tiny_model_file)
+    assert result.exit_code == 0, result.stderr
+    assert sf.info(str(tmp_path / "a_denoised.wav")).frames == 4800
+    assert sf.info(str(tmp_path / "sub" / "b_denoised.flac")).format == "FLAC"
+    assert (tmp_path / "c_denoised.wav").read_bytes() == b"kept"
+    assert "2 of 3 files denoised, 0 failed, 1 skipped" in result.stderr
+
+
+def test_an_input_named_like_an_output_is_never_overwritten(tmp_path, tiny_model_file):
+    files = [write_audio(tmp_path / name, speech_like(16000, 0.3, seed=i), 16000)
+             for i, name in enumerate(["a.wav", "a_denoised.wav", "b.wav"])]
+    before = files[1].read_bytes()
+    result = run(*files, "--model", tiny_model_file, "--overwrite")
+    assert result.exit_code == 1
+    assert "a_denoised.wav is also an input; it is never overwritten" in result.stderr
+    assert files[1].read_bytes() == before
+    assert (tmp_path / "a_denoised_denoised.wav").exists() and (tmp_path / "b_denoised.wav").exists()
+
+
+def test_progress_bar_ends_exactly_at_the_total_at_44100_hz(tmp_path, tiny_model_file):
+    # 6.0034 s: a total rounded to 0.01 s (6.00) fell short of the counted seconds
+    long_src = write_audio(tmp_path / "long.wav", speech_like(44100, 6.0034), 44100)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run(long_src, tmp_path / "out.wav", "--model", tiny_model_file)
+    assert result.exit_code == 0, result.stderr
+    assert not [w for w in caught if "clamping" in str(w.message)]
+    frames = [f for f in result.stderr.replace("\r", "\n").splitlines() if "long.wav:" in f]
+    assert frames and "100%" in frames[-1] and "6.0/6.0 s" in frames[-1]
+    assert "<-" not in result.stderr and "clamping" not in result.stderr
 
 
 def test_unknown_option_is_a_usage_error(tmp_path, src):

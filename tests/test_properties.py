@@ -22,7 +22,8 @@ CHUNK_SECONDS = 0.05  # signals up to 0.3 s span up to six chunks
 COMMON_RATES = [8000, 11025, 16000, 22050, 32000, 44100, 48000, 88200, 96000, 192000]
 KINDS = ["noise", "sine", "square", "impulse", "dc", "silence"]
 # silence, below the denormal range of float32, quiet, speech level, full scale, and past full scale
-AMPLITUDES = [0.0, 1e-40, 1e-30, 1e-6, 1e-3, 0.3, 1.0, 2.0, 1e3, 1e6]
+# (beyond MAX_FLOAT_PEAK is the "integer_scale" flaw)
+AMPLITUDES = [0.0, 1e-40, 1e-30, 1e-6, 1e-3, 0.3, 1.0, 2.0, 12.0]
 NUMPY_FLOATS = ["float32", "float64", "float16"]
 TORCH_FLOATS = ["float32", "float64", "float16", "bfloat16"]
 
@@ -60,7 +61,8 @@ def make_signal(kind: str, amplitude: float, channels: int, length: int, sample_
     return amplitude * wav
 
 
-FLAWS = ["rate_low", "rate_high", "rate_fraction", "integer", "empty", "no_channels", "3d", "nan", "inf"]
+FLAWS = ["rate_low", "rate_high", "rate_fraction", "integer", "integer_scale", "channels_last", "empty",
+         "no_channels", "3d", "nan", "inf"]
 
 
 @st.composite
@@ -76,8 +78,6 @@ def signals(draw, *, flaw: str | None = None):
     seed = draw(st.integers(0, 2**16))
     use_torch = draw(st.booleans())
     dtype = draw(st.sampled_from(TORCH_FLOATS if use_torch else NUMPY_FLOATS))
-    if dtype == "float16":
-        amplitude = min(amplitude, 1e3)  # float16 holds at most 65504
     wav = make_signal(kind, amplitude, channels, length, rate, seed)
     if flaw == "rate_low":
         rate = draw(st.integers(0, MIN_SAMPLE_RATE - 1))
@@ -88,6 +88,10 @@ def signals(draw, *, flaw: str | None = None):
     elif flaw == "integer":
         dtype = draw(st.sampled_from(["int16", "int32"]))
         wav = np.clip(wav, -1, 1) * 32767
+    elif flaw == "integer_scale":  # int16 values in a float array
+        wav = make_signal("noise", 32767.0, channels, length, rate, seed)
+    elif flaw == "channels_last":  # soundfile's [time, channels]
+        wav = make_signal(kind, amplitude, channels, max(length, 100), rate, seed).T
     elif flaw == "empty":
         wav = wav[:, :0]
     elif flaw == "no_channels":
@@ -96,12 +100,12 @@ def signals(draw, *, flaw: str | None = None):
         wav = wav[None]
     elif flaw in ("nan", "inf"):
         wav[draw(st.integers(0, channels - 1)), draw(st.integers(0, length - 1))] = float(flaw)
-    if wav.shape[0] == 1 and wav.ndim == 2 and draw(st.booleans()):
+    if wav.shape[0] == 1 and wav.ndim == 2 and flaw != "channels_last" and draw(st.booleans()):
         wav = wav[0]  # [time]
     if use_torch:
         return torch.from_numpy(wav).to(getattr(torch, dtype)), rate
     array = wav.astype(dtype)
-    if array.ndim == 2 and draw(st.booleans()):
+    if array.ndim == 2 and flaw != "channels_last" and draw(st.booleans()):
         array = np.ascontiguousarray(array.T).T  # a [channels, time] view of [time, channels] memory
     return array, rate
 

@@ -6,6 +6,7 @@ usage error, 130 interrupted.
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
 import threading
@@ -13,6 +14,7 @@ import traceback
 from collections.abc import Callable
 
 import typer
+from typer.core import TyperCommand
 
 from .. import __version__
 from ..errors import AudioDenoiseError
@@ -64,6 +66,17 @@ def run_guarded(prog: str, fn: Callable[[], int | None], *, verbose: bool) -> No
         raise typer.Exit(code)
 
 
+DEVICE_METAVAR = "auto|cpu|cuda"
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def check_device(value: str) -> str:
+    """Option callback: ``--device`` is auto, cpu, cuda or cuda:N, else a usage error (exit 2)."""
+    if not _DEVICE.fullmatch(value):
+        raise typer.BadParameter(f"{value!r} is not auto, cpu, cuda or cuda:N")
+    return value
+
+
 def _sigterm_as_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -72,3 +85,50 @@ def version_callback(value: bool) -> None:
     if value:
         print(f"audiodenoise {__version__}")
         raise typer.Exit()
+
+
+# typer's own placeholders, e.g. "<list[Path]>", "<float range>", "<str>": the type they stand for
+_TYPER_PLACEHOLDER = re.compile(r" <(?:list\[)?([A-Za-z]+)[^>]*>$")
+_PLAIN_METAVARS = {"int": "N", "float": "NUM", "path": "PATH", "file": "FILE", "directory": "DIR", "str": "TEXT"}
+
+
+class PlainHelpCommand(TyperCommand):
+    """``--help`` in the plain style of click and argparse: ``denoise [OPTIONS] PATH...``, ``--step N``.
+
+    Recent typer versions print ``{PATH}...`` in the usage line and type
+    placeholders such as ``<list[Path]>`` or ``<float range>`` next to
+    arguments and options that have no metavar; this shows the metavar (or the
+    argument's name in capitals) and a plain word for the type instead.
+    """
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                name = _argument_name(param)
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
+    def format_options(self, ctx, formatter) -> None:
+        args, opts = [], []
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            left, help_text = record
+            if param.param_type_name == "argument":
+                args.append((_argument_name(param), help_text.replace("  [required]", "").replace("[required]", "")))
+            elif param.param_type_name == "option":
+                plain = _TYPER_PLACEHOLDER.sub(lambda m: " " + _PLAIN_METAVARS.get(m[1].lower(), m[1].upper()), left)
+                opts.append((plain, help_text))
+        if args:
+            with formatter.section("Arguments"):
+                formatter.write_dl(args)
+        if opts:
+            with formatter.section("Options"):
+                formatter.write_dl(opts)
+
+
+def _argument_name(param) -> str:
+    name = param.metavar or param.name.upper()
+    return name + "..." if param.nargs != 1 else name

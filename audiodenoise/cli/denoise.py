@@ -9,12 +9,23 @@ from typing import Annotated
 
 import typer
 
-from .. import audio, batch, outputs
+from .. import audio, batch, outputs, streams
 from ..api import Denoiser
 from ..errors import ConfigError, OutputError
-from ._common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, fail, run_guarded, version_callback
+from ._common import (
+    DEVICE_METAVAR,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    PlainHelpCommand,
+    check_device,
+    fail,
+    run_guarded,
+    version_callback,
+)
 
 PROG = "denoise"
+BESIDE_SUFFIX = "_denoised"  # denoise FILE...: NAME_denoised.EXT beside each input
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 
@@ -39,6 +50,13 @@ HELP = f"""Denoise speech in audio files.
 
 denoise IN OUT: one file (the output format follows OUT's extension).
 
+denoise FILE, or three or more files: each to NAME_denoised.EXT beside it
+(never overwriting an existing file; two paths are always IN OUT).
+
+denoise - OUT, denoise IN -, denoise - -: read standard input or write
+standard output (WAV or FLAC on the pipe; --format wav|flac for the output,
+default wav), block by block in bounded memory; only audio goes to stdout.
+
 denoise IN_DIR OUT_DIR: every audio file under IN_DIR, recursively, to the
 same path under OUT_DIR. denoise FILE... -o OUT_DIR: each file to OUT_DIR.
 Outputs that exist are skipped (--overwrite redoes them), so after Ctrl-C or
@@ -47,29 +65,35 @@ Default --jobs: usable CPUs, at most {batch.MAX_DEFAULT_JOBS}.
 """
 
 
-@app.command(help=HELP)
+@app.command(help=HELP, cls=PlainHelpCommand)
 def denoise(
     paths: Annotated[
         list[Path],
-        typer.Argument(help="IN OUT, IN_DIR OUT_DIR, or input files with -o.", show_default=False, metavar="PATH"),
+        typer.Argument(help="IN OUT, IN_DIR OUT_DIR, FILE..., or input files with -o; - is stdin/stdout.",
+                       show_default=False, metavar="PATH"),
     ],
     output_dir: Annotated[
         Path | None,
         typer.Option("--output-dir", "-o", help="Folder for the outputs of the given files.", metavar="OUT_DIR"),
     ] = None,
     model: Annotated[
-        Path | None, typer.Option("--model", "-m", help="Model file from `audiodenoise train` (default: shipped).")
+        Path | None,
+        typer.Option("--model", "-m", help="Model file from `audiodenoise train` (default: shipped).", metavar="PATH"),
     ] = None,
     atten_lim_db: Annotated[
         float | None,
-        typer.Option("--atten-lim", "-a", help="Remove at most this many dB of noise (default: no limit).", min=0),
+        typer.Option("--atten-lim", "-a", help="Remove at most this many dB of noise (default: no limit).", min=0,
+                     metavar="DB"),
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[
+        str,
+        typer.Option(help="Where the model runs: auto, cpu or cuda.", metavar=DEVICE_METAVAR, callback=check_device),
+    ] = "auto",
     limiter: Annotated[bool, typer.Option(help="Soft-limit the output so it never clips.")] = True,
     plot: Annotated[
         Path | None,
         typer.Option(help="Write spectrograms of the input, the output and what was removed to this PNG: first "
-                          "channel, first 60 s, dBFS (needs the plot extra).", dir_okay=False),
+                          "channel, first 60 s, dBFS (needs the plot extra).", dir_okay=False, metavar="FILE.png"),
     ] = None,
     jobs: Annotated[
         int | None,
@@ -87,7 +111,8 @@ def denoise(
     ] = None,
     format: Annotated[
         str | None,
-        typer.Option("--format", help="Batch output format, e.g. flac or wav (default: the input's).", metavar="EXT"),
+        typer.Option("--format", help="Output format of a batch, e.g. flac or wav (default: the input's), or of "
+                     "stdout: wav or flac (default: wav).", metavar="EXT"),
     ] = None,
     report: Annotated[
         Path | None,
@@ -100,12 +125,18 @@ def denoise(
         bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version.")
     ] = False,
 ) -> None:
-    if output_dir is not None or (len(paths) == 2 and paths[0].is_dir()):
+    piped = [p for p in paths if streams.is_stdio(p)]
+    if piped and (output_dir is not None or len(paths) != 2):
+        raise fail(PROG, "- (standard input or output) works only as IN or OUT of denoise IN OUT", code=EXIT_USAGE)
+    beside = output_dir is None and len(paths) != 2 and not any(p.is_dir() for p in paths)
+    if output_dir is not None or (len(paths) == 2 and paths[0].is_dir()) or (beside and len(paths) > 2):
         if plot is not None:
             raise fail(PROG, "--plot works on a single file (denoise IN OUT)", code=EXIT_USAGE)
         patterns = dict(globs=glob or (), excludes=exclude or (), format=format)
         try:
-            if output_dir is None:  # IN_DIR OUT_DIR
+            if beside:  # FILE FILE FILE...: each beside itself
+                plan = batch.BatchPlan.beside(paths, suffix=BESIDE_SUFFIX, **patterns)
+            elif output_dir is None:  # IN_DIR OUT_DIR
                 plan = batch.BatchPlan.from_folder(paths[0], paths[1], **patterns)
             elif len(paths) == 1 and paths[0].is_dir():  # IN_DIR -o OUT_DIR
                 plan = batch.BatchPlan.from_folder(paths[0], output_dir, **patterns)
@@ -124,27 +155,35 @@ def denoise(
             verbose=verbose,
         )
         return
+    to_stdout = len(paths) == 2 and streams.is_stdio(paths[1])
     batch_only = [name for name, value in (("--jobs", jobs), ("--glob", glob), ("--exclude", exclude),
-                                           ("--format", format), ("--report", report)) if value]
-    if len(paths) != 2:
+                                           ("--format", None if to_stdout else format), ("--report", report))
+                  if value]
+    if len(paths) not in (1, 2):
         raise fail(PROG, f"expected an input and an output path, got {len(paths)} path(s) "
                    "(for several files: denoise FILE... -o OUT_DIR)", code=EXIT_USAGE)
     if batch_only:
         raise fail(PROG, f"{', '.join(batch_only)} apply to a folder or to -o OUT_DIR, not to one file",
                    code=EXIT_USAGE)
-    src, dst = paths
-    new_folders = audio.missing_folders(dst)
+    if piped and plot is not None:
+        raise fail(PROG, "--plot needs files, not standard input or output", code=EXIT_USAGE)
+    src, dst = (paths[0], beside_path(paths[0])) if len(paths) == 1 else paths
+    new_folders = [] if streams.is_stdio(dst) else audio.missing_folders(dst)
 
     def work() -> None:
         # every output is checked before any work, so a bad --plot never leaves a written output behind
-        outputs.check_output(dst, overwrite=overwrite, inputs=[src])
+        if not streams.is_stdio(dst):
+            outputs.check_output(dst, overwrite=overwrite, inputs=[] if streams.is_stdio(src) else [src])
         if plot is not None:
             from ..plot import check_plot_path
 
             check_plot_path(plot, overwrite=overwrite, inputs=[src], planned=[dst])
         denoiser = load_denoiser(model, device=device, atten_lim_db=atten_lim_db, limiter=limiter)
         try:
-            result = denoiser.denoise_file(src, dst, overwrite=overwrite, progress=not quiet)
+            if piped:
+                result = streams.denoise_stream(denoiser, src, dst, format=format, overwrite=overwrite)
+            else:
+                result = denoiser.denoise_file(src, dst, overwrite=overwrite, progress=not quiet)
         except BaseException:  # nothing left behind: not even the folders made for the output
             audio.remove_empty_folders(new_folders)
             raise
@@ -157,6 +196,11 @@ def denoise(
                   f"{result.channels} ch)", file=sys.stderr)
 
     run_guarded(PROG, work, verbose=verbose)
+
+
+def beside_path(src: Path) -> Path:
+    """Where ``denoise FILE`` writes: ``NAME_denoised.EXT`` in FILE's folder."""
+    return src.with_name(f"{src.stem}{BESIDE_SUFFIX}{src.suffix}")
 
 
 def _run_batch(plan: batch.BatchPlan, factory, *, jobs, overwrite, report, quiet, verbose) -> int:

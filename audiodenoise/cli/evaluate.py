@@ -9,19 +9,21 @@ from typing import Annotated
 import typer
 
 from .. import outputs
-from ._common import EXIT_ERROR, EXIT_USAGE, fail, run_guarded
+from ._common import DEVICE_METAVAR, EXIT_ERROR, EXIT_USAGE, check_device, fail, run_guarded
 
 PROG = "audiodenoise evaluate"
 
 
 def evaluate(
-    noisy: Annotated[Path, typer.Option("--noisy", help="Folder of noisy files.", show_default=False)],
+    noisy: Annotated[Path, typer.Option("--noisy", help="Folder of noisy files.", show_default=False, metavar="DIR")],
     clean: Annotated[
         Path,
-        typer.Option("--clean", help="Folder of clean references, named like the noisy files.", show_default=False),
+        typer.Option("--clean", help="Folder of clean references, named like the noisy files.", show_default=False,
+                     metavar="DIR"),
     ],
     model: Annotated[
-        Path | None, typer.Option("--model", "-m", help="Model file to evaluate (default: the shipped model).")
+        Path | None,
+        typer.Option("--model", "-m", help="Model file to evaluate (default: the shipped model).", metavar="PATH"),
     ] = None,
     denoised: Annotated[
         list[str] | None,
@@ -31,16 +33,28 @@ def evaluate(
     ] = None,
     pairs: Annotated[
         Path | None,
-        typer.Option("--pairs", help="CSV with id and snr_db columns (default: NOISY/../pairs.csv if it exists)."),
+        typer.Option("--pairs", help="CSV with id and snr_db columns (default: NOISY/../pairs.csv if it exists).",
+                     metavar="FILE.csv"),
     ] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the full JSON report here.")] = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Processes scoring pairs in parallel.", min=1)] = 1,
-    device: Annotated[str, typer.Option(help="Device the model runs on: auto, cpu or cuda.")] = "cpu",
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write the full JSON report here.", metavar="FILE.json")
+    ] = None,
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", help="Processes scoring pairs in parallel.", min=1, metavar="N")
+    ] = 1,
+    device: Annotated[
+        str,
+        typer.Option(help="Device the model runs on: auto, cpu or cuda.", metavar=DEVICE_METAVAR,
+                     callback=check_device),
+    ] = "cpu",
     atten_lim_db: Annotated[
         float | None,
-        typer.Option("--atten-lim", "-a", help="Attenuation limit in dB for the model (as in denoise).", min=0),
+        typer.Option("--atten-lim", "-a", help="Attenuation limit in dB for the model (as in denoise).", min=0,
+                     metavar="DB"),
     ] = None,
-    name: Annotated[str | None, typer.Option(help="Label of the model's (or the one folder's) row.")] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Label of the model's (or the one folder's) row.", metavar="TEXT")
+    ] = None,
     html: Annotated[
         Path | None,
         typer.Option("--html", metavar="DIR", help="Write a listening page: DIR/index.html + media, opens from disk.",

@@ -12,7 +12,7 @@ from ..api import Denoiser
 from . import denoise as denoise_cmd
 from . import evaluate as evaluate_cmd
 from . import train as train_cmd
-from ._common import run_guarded, version_callback
+from ._common import PlainHelpCommand, run_guarded, version_callback
 
 app = typer.Typer(
     add_completion=False,
@@ -32,18 +32,23 @@ def _root(
     pass
 
 
-app.command("denoise", help="Denoise a file (same as the `denoise` command).")(denoise_cmd.denoise)
-app.command("prepare")(train_cmd.prepare)
-app.command("train")(train_cmd.train)
-app.command("export")(train_cmd.export)
-app.command("evaluate", help="Score a model or denoised files: PESQ-WB, STOI, SI-SDR.")(evaluate_cmd.evaluate)
+app.command("denoise", help="Denoise a file (same as the `denoise` command).", cls=PlainHelpCommand)(
+    denoise_cmd.denoise
+)
+app.command("prepare", cls=PlainHelpCommand)(train_cmd.prepare)
+app.command("train", cls=PlainHelpCommand)(train_cmd.train)
+app.command("export", cls=PlainHelpCommand)(train_cmd.export)
+app.command("evaluate", help="Score a model or denoised files: PESQ-WB, STOI, SI-SDR.", cls=PlainHelpCommand)(
+    evaluate_cmd.evaluate
+)
 
 
-@app.command(help="Describe a model file (default: the shipped model): a short card, or --json for everything.")
+@app.command(help="Describe a model file (default: the shipped model): a short card, or --json for everything.",
+             cls=PlainHelpCommand)
 def info(
-    model: Annotated[Path | None, typer.Argument(help="Model file.")] = None,
+    model: Annotated[Path | None, typer.Argument(help="Model file.", metavar="MODEL")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="The full metadata as JSON.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks on errors.")] = False,
 ) -> None:
     def work() -> None:
         from ..card import format_card, model_card
