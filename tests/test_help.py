@@ -15,7 +15,6 @@ from audiodenoise.cli import main as main_cli
 PLACEHOLDER = re.compile(r"\{[A-Za-z_]+\}|<[a-z][^>]*>")
 COMMANDS = ["denoise", "prepare", "train", "export", "evaluate", "info"]
 # cli/train.py (prepare, train, export) is the lead's this session: its -q/-v options have no help yet
-LEAD_OWNED = {"prepare", "train", "export"}
 
 
 def _help(command: str) -> str:
@@ -51,8 +50,7 @@ def test_denoise_help_names_its_arguments_plainly():
 
 @pytest.mark.parametrize(
     "command",
-    [pytest.param(c, marks=pytest.mark.xfail(strict=False, reason="cli/train.py: -q/-v have no help (lead's file)"))
-     if c in LEAD_OWNED else c for c in COMMANDS],
+    COMMANDS,
 )
 def test_every_argument_and_option_has_a_description(command):
     missing = [p.name for p in _params(command) if not (p.help or "").strip()]

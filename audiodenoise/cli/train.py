@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import run_guarded
+from ._common import check_device, run_guarded
 
 PROG = "audiodenoise"
 
@@ -26,8 +26,8 @@ def prepare(
     min_speech_range_db: Annotated[float | None, typer.Option(
         help="Drop clean files whose noise floor is less than this many dB below the speech [20].")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed [0].")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or messages.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks on errors.")] = False,
 ) -> None:
     """Store clean speech and noise for on-the-fly mixing, and make the fixed validation pairs."""
     from ..prepare import PrepareConfig
@@ -79,10 +79,10 @@ def train(
     ema_decay: Annotated[float | None, typer.Option(help="Weight EMA decay, 0 for none [0.999].")] = None,
     checkpoint_every: Annotated[int | None, typer.Option(help="Steps between checkpoints [500].")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed [0].")] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", callback=check_device)] = "auto",
     threads: Annotated[int | None, typer.Option(help="torch CPU threads per process.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or messages.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks on errors.")] = False,
 ) -> None:
     """Train the denoising autoencoder; also under `torchrun --nproc_per_node=N -m audiodenoise train`."""
     import torch
@@ -121,7 +121,7 @@ def export(
     weights: Annotated[str, typer.Option(
         help="best (EMA or raw, whichever validated better at that step), ema or model.")] = "best",
     overwrite: Annotated[bool, typer.Option("--overwrite", "-f", help="Replace an existing file.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks on errors.")] = False,
 ) -> None:
     """Write one checkpoint of a training run as a model file for `denoise --model`."""
     from ..errors import ConfigError
