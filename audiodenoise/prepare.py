@@ -214,6 +214,10 @@ def _build(out: Path, header: dict, clean_files: list[Path], noise_files: list[P
     noise = WaveStore(out / "noise", n_shards=len(noise_shards))
     valid_speech = WaveStore(out / "valid_speech", n_shards=len(speech_shards))
     if speech.total_samples < features.sample_rate * config.segment_seconds:
+        if valid_speech.total_samples:
+            raise DatasetError(f"all usable speech fell in the validation split (--valid-fraction "
+                               f"{config.valid_fraction:g} holds out whole speakers or files); add speakers or "
+                               "lower --valid-fraction")
         raise DatasetError(f"less than one {config.segment_seconds:g} s segment of usable training speech in "
                            f"{len(clean_files)} files (see the skipped files above); add more clean speech")
     if len(noise) == 0:

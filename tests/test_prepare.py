@@ -179,3 +179,12 @@ def test_out_inside_the_corpus_is_refused(corpus):
     with pytest.raises(OutputError):
         prepare([clean], [noise], clean / "dataset", config=SMALL, **QUIET)
     assert not (clean / "dataset").exists()
+
+
+def test_a_corpus_whose_only_speaker_is_held_out_says_so(tmp_path, corpus):
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    write_audio(clean / "1-1-1.flac", speech_like(16000, 3.0, seed=1), 16000)
+    with pytest.raises(DatasetError, match="all usable speech fell in the validation split"):
+        prepare([clean], [corpus[1]], tmp_path / "ds",
+                config=PrepareConfig.from_dict({**SMALL.to_dict(), "valid_fraction": 0.999}), **QUIET)
