@@ -333,6 +333,7 @@ class Denoiser:
                 raise AudioError(f"{dst}: the {fmt} encoder kept peaks above full scale; write a lossless format")
         finally:
             if bar is not None:
+                bar.refresh()  # the final count is always shown, however fast the file went
                 bar.close()
         return DenoiseResult(str(src), str(dst), meta.sample_rate, meta.channels, meta.frames)
 

@@ -127,7 +127,7 @@ def test_clear_errors_and_nothing_left_behind(corpus, tmp_path):
         prepare([clean], [noise], tmp_path / "file", config=SMALL, **QUIET)
     short = tmp_path / "short"
     short.mkdir()
-    write_audio(short / "1-1-1.wav", speech_like(16000, 0.3), 16000)
+    write_audio(short / "2-1-1.wav", speech_like(16000, 0.3), 16000)  # speaker 2 hashes to the training split
     with pytest.raises(DatasetError, match="less than one 1 s segment of usable training speech"):
         prepare([short], [noise], tmp_path / "c", config=SMALL, **QUIET)
 
