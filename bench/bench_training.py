@@ -1,16 +1,19 @@
 """Training throughput on the CPU: seconds of audio trained per second, fp32 beside the default precision.
 
-    python bench/bench_training.py [--dataset DIR] [--steps 10] [--threads N] [--batch-size 16] [--bf16]
+    python bench/bench_training.py [--dataset DIR] [--config TOML] [--steps 10] [--threads N] [--batch-size 16]
+                                   [--bf16]
 
 Without --dataset it prepares a small synthetic corpus (speech-like signals + noise) in a temp folder
-first. Each step is timed whole: on-the-fly mixing (the default augmented recipe), features, forward,
-loss, backward and the optimizer; the mixing share is printed too. The precisions are measured
-interleaved (step by step), so a slow spell of the machine hits both alike.
+first. ``--config`` times a training config's model, loss and mix (for example
+``data_prep/ablation/crn.toml``) instead of the defaults. Each step is timed whole: on-the-fly mixing,
+features, forward, loss, backward and the optimizer; the mixing share is printed too. The precisions
+are measured interleaved (step by step), so a slow spell of the machine hits both alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import time
@@ -25,7 +28,7 @@ from audiodenoise.dataset import PreparedDataset  # noqa: E402
 from audiodenoise.mixer import Mixer  # noqa: E402
 from audiodenoise.model import DenoisingAutoencoder, count_parameters  # noqa: E402
 from audiodenoise.prepare import PrepareConfig, prepare  # noqa: E402
-from audiodenoise.training import Step, TrainConfig, cpu_has_bf16, resolve_precision  # noqa: E402
+from audiodenoise.training import Step, TrainConfig, cpu_has_bf16, load_config, resolve_precision  # noqa: E402
 
 
 def synthetic_dataset(root: Path) -> Path:
@@ -46,9 +49,10 @@ def synthetic_dataset(root: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", type=Path)
+    parser.add_argument("--config", type=Path, help="training config (TOML) whose model, loss and mix to time")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--batch-size", type=int, default=TrainConfig().batch_size)
+    parser.add_argument("--batch-size", type=int, help="default: the config's (16)")
     parser.add_argument("--bf16", action="store_true", help="also time bf16 where it is not the default")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -57,13 +61,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         dataset = args.dataset or synthetic_dataset(Path(tmp))
         data = PreparedDataset(dataset, in_memory=True)
-        config = TrainConfig(batch_size=args.batch_size)
+        config = load_config(args.config) if args.config else TrainConfig()
+        config = dataclasses.replace(config, batch_size=args.batch_size or config.batch_size)
         mixer = Mixer(data.speech, data.noise, config.mix, sample_rate=data.features.sample_rate, seed=0)
         runs = {}
         for precision in precisions:
             torch.manual_seed(0)
             model = DenoisingAutoencoder(config.model).train()
-            step = Step(TrainConfig(precision=precision), data.features, torch.device("cpu"))
+            step = Step(dataclasses.replace(config, precision=precision), data.features, torch.device("cpu"))
             runs[precision] = (model, torch.optim.AdamW(model.parameters(), lr=config.lr), step)
         times = {p: {"mix": 0.0, "total": 0.0} for p in precisions}
         for i in range(args.steps + 2):
@@ -79,7 +84,8 @@ def main() -> None:
                     times[precision]["mix"] += t1 - t0
                     times[precision]["total"] += time.perf_counter() - t0
         seconds = config.batch_size * config.mix.segment_seconds * args.steps
-        print(f"model: {count_parameters(runs['fp32'][0])} parameters, batch {config.batch_size} x "
+        print(f"model: {config.model.layout} {list(config.model.channels)}, {count_parameters(runs['fp32'][0])} "
+              f"parameters, loss {config.loss}, batch {config.batch_size} x "
               f"{config.mix.segment_seconds:g} s, {args.threads} thread(s), {args.steps} steps, dataset {dataset}")
         print(f"CPU bf16 support: {'yes' if cpu_has_bf16() else 'no'}; default precision here: {default}"
               + ("" if default == "bf16" else " (bf16 autocast is emulated and slower without native bf16)"))
