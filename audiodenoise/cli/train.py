@@ -87,7 +87,7 @@ def train(
     """Train the denoising autoencoder; also under `torchrun --nproc_per_node=N -m audiodenoise train`."""
     import torch
 
-    from ..api import resolve_device
+    from ..devices import resolve_device
     from ..errors import ConfigError
     from ..training import describe_export, fit, load_config
 
