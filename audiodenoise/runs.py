@@ -24,6 +24,7 @@ from .errors import TrainingError
 from .features import FeatureConfig
 from .model import DenoisingAutoencoder
 from .outputs import atomic_path
+from .train_config import TrainConfig
 
 CHECKPOINT_VERSION = 2
 FEATURES_FILE = "features.json"
@@ -81,7 +82,6 @@ def export_checkpoint(run_dir: str | os.PathLike, out: str | os.PathLike, *, ste
     ``step`` defaults to the latest kept checkpoint.
     """
     from .outputs import check_output
-    from .training import TrainConfig
 
     run_dir, out = Path(run_dir), Path(out)
     if out.is_dir():

@@ -89,7 +89,8 @@ def train(
 
     from ..devices import resolve_device
     from ..errors import ConfigError
-    from ..training import describe_export, fit, load_config
+    from ..train_config import load_config
+    from ..training import describe_export, fit
 
     def work() -> None:
         if threads:
