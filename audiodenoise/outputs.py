@@ -158,6 +158,37 @@ def check_output_dir(path: PathLike, *, inputs: Iterable[PathLike] = (), what: s
     return path
 
 
+def check_output_folder(path: PathLike, *, overwrite: bool = False, inputs: Iterable[PathLike] = (), mark: str,
+                        what: str = "page") -> Path:
+    """Raise :class:`OutputError` unless ``path`` may be a folder the tool replaces whole (``evaluate --html``).
+
+    Never an input nor a folder that holds one; never a file. An existing
+    folder may be replaced only if it is empty or, with ``overwrite``, a
+    folder this tool wrote before: its ``index.html`` carries ``mark`` in its
+    first 4 kB. Nothing is created.
+    """
+    path = Path(path)
+    shown = display(path)
+    target = path.resolve()
+    for item in inputs:
+        src = Path(item).resolve()
+        if target == src or target in src.parents:
+            how = "an input" if target == src else f"a folder holding the input {display(item)}"
+            raise OutputError(f"{shown}: is {how}; choose another output path")
+    if not path.exists():
+        return path
+    if not path.is_dir():
+        raise OutputError(f"{shown}: is a file, expected a folder for the {what}")
+    if not any(path.iterdir()):
+        return path
+    index = path / "index.html"
+    if not (index.is_file() and mark in index.read_text(errors="replace")[:4096]):
+        raise OutputError(f"{shown}: is a folder that holds other files; choose a new or empty folder")
+    if not overwrite:
+        raise OutputError(f"{shown}: already exists; pass --overwrite to replace it")
+    return path
+
+
 def make_temp(path: PathLike, *, suffix: str = TEMP_SUFFIX) -> Path:
     """An empty temp file (mode 0600) beside ``path``, named ``.ad-XXXXXXXX<suffix>``."""
     path = Path(path)

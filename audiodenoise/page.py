@@ -108,7 +108,7 @@ def write_page(report: dict[str, Any], folder: str | os.PathLike, *, listen: int
     ``keep_outputs=True`` when ``listen > 0``. The folder is built beside its
     final place and renamed into it, so a failure leaves no half page; a
     previous page there is replaced (the caller checks it may be, see
-    :func:`~audiodenoise.report.check_output`).
+    :func:`~audiodenoise.outputs.check_output_folder`).
 
     Returns
     -------
