@@ -247,8 +247,18 @@ def atomic_path(path: PathLike, *, suffix: str = TEMP_SUFFIX, fsync: bool = Fals
     commit(tmp, path, fsync=fsync)
 
 
-def write_bytes(path: PathLike, data: bytes, *, fsync: bool = False) -> None:
-    """Write ``data`` to ``path`` atomically (no checks: call :func:`check_output` first)."""
+def write_bytes(path: PathLike, data: bytes, *, fsync: bool = False, parents: bool = False) -> None:
+    """Write ``data`` to ``path`` atomically (no checks: call :func:`check_output` first).
+
+    ``parents``: make the missing folders above ``path`` first.
+    """
+    if parents:
+        folder = Path(path).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"{display(path)}: cannot create the folder {display(folder)} "
+                              f"({exc.strerror or exc})") from None
     with atomic_path(path, fsync=fsync) as tmp:
         try:
             tmp.write_bytes(data)
@@ -256,9 +266,9 @@ def write_bytes(path: PathLike, data: bytes, *, fsync: bool = False) -> None:
             raise OutputError(f"{display(path)}: write failed ({exc.strerror or exc})") from None
 
 
-def write_text(path: PathLike, text: str, *, fsync: bool = False) -> None:
-    """Write ``text`` as UTF-8 to ``path`` atomically."""
-    write_bytes(path, text.encode("utf-8", "surrogateescape"), fsync=fsync)
+def write_text(path: PathLike, text: str, *, fsync: bool = False, parents: bool = False) -> None:
+    """Write ``text`` as UTF-8 to ``path`` atomically (see :func:`write_bytes`)."""
+    write_bytes(path, text.encode("utf-8", "surrogateescape"), fsync=fsync, parents=parents)
 
 
 def sweep_audio_temp_files(folder: PathLike) -> list[Path]:

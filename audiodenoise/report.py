@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from . import outputs
-from .errors import AudioDenoiseError
 from .metrics import DECOMPOSITION, METRICS, mean_ci
 from .pairs import SNR_GROUPS
 
@@ -113,7 +112,7 @@ def _table_row(label: str, means: dict | None, groups: dict, key: str, *, rtf: f
 def write_report(report: dict[str, Any], path: str | os.PathLike) -> None:
     """Write ``report`` as JSON through a temp file renamed into place (non-finite numbers become null)."""
     public = {k: v for k, v in report.items() if not k.startswith("_")}
-    write_text_atomic(path, json.dumps(_finite(public), indent=2) + "\n", what="report")
+    outputs.write_text(path, json.dumps(_finite(public), indent=2) + "\n", parents=True)
 
 
 def csv_rows(report: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
@@ -141,23 +140,7 @@ def write_csv(report: dict[str, Any], path: str | os.PathLike) -> None:
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    write_text_atomic(path, buffer.getvalue(), what="CSV")
-
-
-def write_text_atomic(path: str | os.PathLike, text: str, *, what: str) -> None:
-    """:func:`write_bytes_atomic` of ``text`` as UTF-8."""
-    write_bytes_atomic(path, text.encode(), what=what)
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, what: str) -> None:
-    """Write ``data`` through :func:`audiodenoise.outputs.write_bytes` (temp file beside ``path``, short name,
-    a replaced file's mode kept)."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        outputs.write_bytes(path, data)
-    except OSError as exc:
-        raise AudioDenoiseError(f"{path}: cannot write {what} ({exc.strerror or exc})") from None
+    outputs.write_text(path, buffer.getvalue(), parents=True)
 
 
 def replace_folder(tmp_dir: Path, path: Path) -> None:
