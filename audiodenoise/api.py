@@ -11,6 +11,10 @@ analysed at 16 kHz and the model's mask is carried over to the file's own STFT
 (its own rate, its own phase), so the output keeps the input's rate, length,
 channels and full bandwidth. Content above 8 kHz gets the mask of the
 6-7 kHz band of the same frame.
+
+Files and streams are driven by :mod:`audiodenoise.file_denoising`; the shipped
+model is found by :mod:`audiodenoise.shipped` and the device by
+:mod:`audiodenoise.devices` (their public names are re-exported here).
 """
 
 from __future__ import annotations
@@ -18,85 +22,38 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import audio, outputs
-from .audio import AtomicWriter
+from . import audio, file_denoising, shipped
 from .checkpoint import LoadedModel, load_model
-from .chunking import process_array, process_chunked, process_stream
+from .chunking import process_array
+from .devices import resolve_device
 from .errors import AudioError, ConfigError, ModelError
 from .features import FeatureConfig, analyze, istft, stft
+from .file_denoising import DenoiseResult
 from .grids import grid_alignment, native_features, transfer_mask
 from .model import DenoisingAutoencoder
+from .shipped import PRETRAINED_FILE, PRETRAINED_PACKAGE, pretrained_path, pretrained_sha256
 
-PRETRAINED_PACKAGE = "audiodenoise.pretrained"
-PRETRAINED_FILE = "model.safetensors"
+__all__ = [
+    "PRETRAINED_FILE", "PRETRAINED_PACKAGE", "DenoiseResult", "Denoiser", "pretrained_path", "pretrained_sha256",
+    "resolve_device",
+]
+
 # input below the model's rate: the model sees the level of the bin at this share of the input's
 # bandwidth (below the resampler's roll-off) carried across the empty bins above it
 BANDWIDTH_MARGIN = 0.95
 # extra context beyond the model's receptive field: resampler filters and STFT edges
 CONTEXT_MARGIN_SECONDS = 0.25
-# seconds of audio above which a progress bar is worth showing
-PROGRESS_MIN_SECONDS = 5.0
 # channels denoised together: bounds the STFT/model working memory of many-channel files
 # (a 30 kB WAV header claiming 1024 channels at 192 kHz took 900 MB at once, 290 MB in groups of 8)
 CHANNEL_GROUP = 8
-# lossy outputs made at most this many times to keep their decoded peaks at or below full scale
-LOSSY_ATTEMPTS = 4
 # float input peaking above this is refused: integer PCM stored as float (peak 32767), not audio at full scale 1.0
 MAX_FLOAT_PEAK = 16.0
 # a 2-D signal with more rows than columns and more rows than this is taken for [time, channels] and refused
 MAX_CHANNELS_FIRST = 64
-
-
-@dataclass(frozen=True)
-class DenoiseResult:
-    """What :meth:`Denoiser.denoise_file` did."""
-
-    src: str
-    dst: str
-    sample_rate: int
-    channels: int
-    frames: int
-
-    @property
-    def duration(self) -> float:
-        return self.frames / self.sample_rate
-
-
-def pretrained_path() -> Path:
-    """Path of the shipped model file inside the installed package."""
-    return Path(str(resources.files(PRETRAINED_PACKAGE).joinpath(PRETRAINED_FILE)))
-
-
-def pretrained_sha256() -> str:
-    """The checksum the shipped model must match (from ``model.safetensors.sha256`` beside it)."""
-    path = pretrained_path().with_name(PRETRAINED_FILE + ".sha256")
-    try:
-        fields = path.read_bytes().split()
-    except OSError as exc:
-        raise ModelError(f"{path}: the shipped model's checksum file cannot be read ({exc.strerror or exc}); "
-                         "reinstall audiodenoise") from None
-    digest = fields[0].decode("ascii", "replace").lower() if fields else ""
-    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-        raise ModelError(f"{path}: not a SHA-256 checksum file; reinstall audiodenoise")
-    return digest
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when available; ``cpu``/``cuda`` are taken as given."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ConfigError(f"device must be auto, cpu or cuda, got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device cuda asked for, but no CUDA GPU is available")
-    return torch.device(device)
 
 
 class Denoiser:
@@ -146,10 +103,10 @@ class Denoiser:
     @classmethod
     def from_pretrained(cls, **kwargs) -> Denoiser:
         """The model shipped with the package, its checksum verified."""
-        path = pretrained_path()
+        path = shipped.pretrained_path()
         if not path.is_file():
             raise ModelError(f"{path}: the shipped model is missing from this installation")
-        return cls.from_file(path, sha256=pretrained_sha256(), **kwargs)
+        return cls.from_file(path, sha256=shipped.pretrained_sha256(), **kwargs)
 
     # -- signals -------------------------------------------------------------
 
@@ -250,6 +207,7 @@ class Denoiser:
         stacked = np.concatenate([source, target])
         out = process_array(stacked, fn, **self._plan(int(sample_rate)))[n:]
         return out.reshape(np.shape(wav_to_filter))
+
     def denoise_batch(self, batch, sample_rate: int, *, channels_last: bool = False):
         """Denoise several signals at one rate.
 
@@ -277,79 +235,9 @@ class Denoiser:
 
     # -- files -----------------------------------------------------------------
 
-    def denoise_file(
-        self,
-        src: str | os.PathLike,
-        dst: str | os.PathLike,
-        *,
-        overwrite: bool = False,
-        progress: bool = False,
-        subtype: str | None = None,
-    ) -> DenoiseResult:
-        """Denoise ``src`` into ``dst`` in bounded memory.
-
-        The output is written to a temp file beside ``dst`` and renamed when
-        complete: a failure or Ctrl-C leaves no partial file, and ``src`` is
-        only ever read.
-        """
-        src, dst = Path(src), Path(dst)
-        meta = audio.info(src)
-        outputs.check_output(dst, overwrite=overwrite, inputs=[src])
-        fmt, out_subtype = audio.output_format(dst, like=meta)
-        if subtype is not None:
-            out_subtype = subtype
-        try:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise AudioError(f"{dst}: cannot create output folder ({exc.strerror})") from None
-        integer_output = not out_subtype.startswith(("FLOAT", "DOUBLE"))
-        lossy = self.limiter and fmt in audio.LOSSY_FORMATS
-        # a lossy codec's output peaks above its input's: the limiter bends at a lower ceiling, and
-        # the decoded temp file is checked before it is renamed; if it still goes above full scale,
-        # the file is made again at a gain that leaves the measured overshoot room
-        limit = {"ceiling": audio.LOSSY_CEILING, "gain": 1.0} if lossy else {}
-        bar = _progress_bar(meta, enabled=progress)
-        try:
-            for _ in range(LOSSY_ATTEMPTS):
-                try:
-                    with audio.open_sound(src) as fh, AtomicWriter(
-                        dst, sample_rate=meta.sample_rate, channels=meta.channels, format=fmt, subtype=out_subtype,
-                        check=audio.check_decoded_peak if lossy else None,
-                    ) as writer:
-                        process_chunked(
-                            lambda a, b: audio.read_segment(fh, a, b, name=str(src)),
-                            self._chunk_fn(meta.sample_rate, integer_output=integer_output, **limit),
-                            writer.write,
-                            meta.frames,
-                            on_progress=bar.update if bar else None,
-                            **self._plan(meta.sample_rate),
-                        )
-                    break
-                except audio.Overshoot as over:
-                    limit["gain"] *= audio.LOSSY_TARGET_PEAK / over.peak
-                    if bar is not None:
-                        bar.reset()
-            else:
-                raise AudioError(f"{dst}: the {fmt} encoder kept peaks above full scale; write a lossless format")
-        finally:
-            if bar is not None:
-                bar.refresh()  # the final count is always shown, however fast the file went
-                bar.close()
-        return DenoiseResult(str(src), str(dst), meta.sample_rate, meta.channels, meta.frames)
-
-    def denoise_blocks(
-        self, blocks, sample_rate: int, write: Callable[[np.ndarray], None], *, integer_output: bool = False
-    ) -> int:
-        """Denoise a signal of unknown length (a pipe) read forward in blocks, in bounded memory.
-
-        ``blocks`` yields ``float32 [channels, n]``; ``write`` receives the
-        denoised signal in order, the same samples :meth:`denoise` gives for
-        the whole signal. ``integer_output``: hard-clip to [-1, 1] even
-        without the limiter. Returns the number of samples.
-        """
-        audio.check_sample_rate(sample_rate)
-        fn = self._chunk_fn(sample_rate, integer_output=integer_output)
-        return process_stream(blocks, fn, write, **self._plan(sample_rate))
+    # the file and stream drivers live in audiodenoise.file_denoising; bound here as methods
+    denoise_file = file_denoising.denoise_file
+    denoise_blocks = file_denoising.denoise_blocks
 
     # -- internals -------------------------------------------------------------
 
@@ -443,20 +331,3 @@ class Denoiser:
         if self.atten_lim_db is not None:
             mask = mask.clamp_min(10.0 ** (-self.atten_lim_db / 20.0))
         return mask
-
-
-def _progress_bar(meta: audio.AudioInfo, *, enabled: bool):
-    if not enabled or meta.duration < PROGRESS_MIN_SECONDS:
-        return None
-    from tqdm import tqdm
-
-    # counted in samples, shown in seconds: the count ends exactly at the total (a total rounded to
-    # 0.01 s fell short of the summed chunk seconds at 44.1 kHz: a clamping warning and a negative ETA)
-    return tqdm(
-        total=meta.frames,
-        unit="s",
-        unit_scale=1.0 / meta.sample_rate,
-        desc=Path(meta.path).name,
-        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}, {rate_fmt}]",
-        leave=False,
-    )

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .api import PRETRAINED_FILE, PRETRAINED_PACKAGE, Denoiser, pretrained_path, pretrained_sha256
+from .api import Denoiser
 from .checkpoint import sha256_file
 from .model import count_parameters
+from .shipped import PRETRAINED_FILE, PRETRAINED_PACKAGE, pretrained_path, pretrained_sha256
 
 SIDECAR_FILE = "model-info.json"
 

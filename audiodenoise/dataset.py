@@ -12,8 +12,9 @@ import soundfile as sf
 
 from .errors import DatasetError
 from .features import FeatureConfig
-from .prepare import DATASET_FORMAT, DATASET_VERSION, read_valid_pairs
+from .prepare import DATASET_FORMAT, DATASET_VERSION
 from .store import WaveStore
+from .valid_pairs import read_valid_pairs
 
 
 def read_header(root: str | os.PathLike) -> dict:

@@ -158,6 +158,37 @@ def check_output_dir(path: PathLike, *, inputs: Iterable[PathLike] = (), what: s
     return path
 
 
+def check_output_folder(path: PathLike, *, overwrite: bool = False, inputs: Iterable[PathLike] = (), mark: str,
+                        what: str = "page") -> Path:
+    """Raise :class:`OutputError` unless ``path`` may be a folder the tool replaces whole (``evaluate --html``).
+
+    Never an input nor a folder that holds one; never a file. An existing
+    folder may be replaced only if it is empty or, with ``overwrite``, a
+    folder this tool wrote before: its ``index.html`` carries ``mark`` in its
+    first 4 kB. Nothing is created.
+    """
+    path = Path(path)
+    shown = display(path)
+    target = path.resolve()
+    for item in inputs:
+        src = Path(item).resolve()
+        if target == src or target in src.parents:
+            how = "an input" if target == src else f"a folder holding the input {display(item)}"
+            raise OutputError(f"{shown}: is {how}; choose another output path")
+    if not path.exists():
+        return path
+    if not path.is_dir():
+        raise OutputError(f"{shown}: is a file, expected a folder for the {what}")
+    if not any(path.iterdir()):
+        return path
+    index = path / "index.html"
+    if not (index.is_file() and mark in index.read_text(errors="replace")[:4096]):
+        raise OutputError(f"{shown}: is a folder that holds other files; choose a new or empty folder")
+    if not overwrite:
+        raise OutputError(f"{shown}: already exists; pass --overwrite to replace it")
+    return path
+
+
 def make_temp(path: PathLike, *, suffix: str = TEMP_SUFFIX) -> Path:
     """An empty temp file (mode 0600) beside ``path``, named ``.ad-XXXXXXXX<suffix>``."""
     path = Path(path)
@@ -216,8 +247,18 @@ def atomic_path(path: PathLike, *, suffix: str = TEMP_SUFFIX, fsync: bool = Fals
     commit(tmp, path, fsync=fsync)
 
 
-def write_bytes(path: PathLike, data: bytes, *, fsync: bool = False) -> None:
-    """Write ``data`` to ``path`` atomically (no checks: call :func:`check_output` first)."""
+def write_bytes(path: PathLike, data: bytes, *, fsync: bool = False, parents: bool = False) -> None:
+    """Write ``data`` to ``path`` atomically (no checks: call :func:`check_output` first).
+
+    ``parents``: make the missing folders above ``path`` first.
+    """
+    if parents:
+        folder = Path(path).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"{display(path)}: cannot create the folder {display(folder)} "
+                              f"({exc.strerror or exc})") from None
     with atomic_path(path, fsync=fsync) as tmp:
         try:
             tmp.write_bytes(data)
@@ -225,9 +266,9 @@ def write_bytes(path: PathLike, data: bytes, *, fsync: bool = False) -> None:
             raise OutputError(f"{display(path)}: write failed ({exc.strerror or exc})") from None
 
 
-def write_text(path: PathLike, text: str, *, fsync: bool = False) -> None:
-    """Write ``text`` as UTF-8 to ``path`` atomically."""
-    write_bytes(path, text.encode("utf-8", "surrogateescape"), fsync=fsync)
+def write_text(path: PathLike, text: str, *, fsync: bool = False, parents: bool = False) -> None:
+    """Write ``text`` as UTF-8 to ``path`` atomically (see :func:`write_bytes`)."""
+    write_bytes(path, text.encode("utf-8", "surrogateescape"), fsync=fsync, parents=parents)
 
 
 def sweep_audio_temp_files(folder: PathLike) -> list[Path]:

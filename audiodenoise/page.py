@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from . import __version__
+from . import __version__, outputs
 from .errors import AudioDenoiseError, ConfigError
 from .metrics import DECOMPOSITION, METRICS, SAMPLE_RATE
 from .pairs import SNR_GROUPS
-from .report import PAGE_MARK, replace_folder, write_bytes_atomic
+from .report import PAGE_MARK, replace_folder
 
 LISTEN_DEFAULT = 6
 METRIC_LABELS = {"pesq_wb": "PESQ-WB", "stoi": "STOI", "si_sdr": "SI-SDR dB",
@@ -108,7 +108,7 @@ def write_page(report: dict[str, Any], folder: str | os.PathLike, *, listen: int
     ``keep_outputs=True`` when ``listen > 0``. The folder is built beside its
     final place and renamed into it, so a failure leaves no half page; a
     previous page there is replaced (the caller checks it may be, see
-    :func:`~audiodenoise.report.check_output`).
+    :func:`~audiodenoise.outputs.check_output_folder`).
 
     Returns
     -------
@@ -127,7 +127,7 @@ def write_page(report: dict[str, Any], folder: str | os.PathLike, *, listen: int
         (tmp / "media").mkdir()
         listening = _listening_section(report, chosen, tmp / "media")
         body = _page_html(report, listening)
-        write_bytes_atomic(tmp / "index.html", body.encode(), what="page")
+        outputs.write_bytes(tmp / "index.html", body.encode())
         os.chmod(tmp, 0o777 & ~_umask())
         replace_folder(tmp, folder)
     except OSError as exc:
@@ -304,7 +304,7 @@ def _write_flac(path: Path, x: np.ndarray) -> None:
     buffer = io.BytesIO()
     sf.write(buffer, np.clip(np.asarray(x, dtype=np.float64), -1.0, 1.0), SAMPLE_RATE, format="FLAC",
              subtype="PCM_16")
-    write_bytes_atomic(path, buffer.getvalue(), what="page audio")
+    outputs.write_bytes(path, buffer.getvalue())
 
 
 # -- cells -----------------------------------------------------------------------

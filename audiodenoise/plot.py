@@ -142,11 +142,9 @@ def colour_bar_png(png: str | os.PathLike) -> None:
 
 def save_figure(fig, png: str | os.PathLike, *, dpi: int) -> None:
     """Save ``fig`` in the format ``png``'s extension names, through a temp file renamed into place."""
-    from .report import write_bytes_atomic
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format=plot_format(png), dpi=dpi)
-    write_bytes_atomic(png, buffer.getvalue(), what="plot")
+    outputs.write_bytes(png, buffer.getvalue(), parents=True)
 
 
 def plot_format(path: str | os.PathLike) -> str:

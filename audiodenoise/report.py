@@ -1,4 +1,4 @@
-"""An evaluation report as a Markdown table, JSON and CSV, and the rule every output file follows.
+"""An evaluation report as a Markdown table, JSON and CSV.
 
 The report itself is gathered by :func:`audiodenoise.evaluate.evaluate`.
 """
@@ -12,12 +12,10 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from . import outputs
-from .errors import AudioDenoiseError, ConfigError
 from .metrics import DECOMPOSITION, METRICS, mean_ci
 from .pairs import SNR_GROUPS
 
@@ -26,7 +24,7 @@ TABLE_HEADER = (
     "|---|---|---|---|---|---|---|"
 )
 DECOMPOSITION_HEADER = ("noise removed dB (low / mid / high)", "speech distortion dB (low / mid / high)")
-# a folder that --overwrite may replace holds an index.html with this mark
+# a folder that --overwrite may replace holds an index.html with this mark (outputs.check_output_folder)
 PAGE_MARK = '<meta name="generator" content="audiodenoise evaluate">'
 
 
@@ -114,7 +112,7 @@ def _table_row(label: str, means: dict | None, groups: dict, key: str, *, rtf: f
 def write_report(report: dict[str, Any], path: str | os.PathLike) -> None:
     """Write ``report`` as JSON through a temp file renamed into place (non-finite numbers become null)."""
     public = {k: v for k, v in report.items() if not k.startswith("_")}
-    write_text_atomic(path, json.dumps(_finite(public), indent=2) + "\n", what="report")
+    outputs.write_text(path, json.dumps(_finite(public), indent=2) + "\n", parents=True)
 
 
 def csv_rows(report: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
@@ -142,60 +140,7 @@ def write_csv(report: dict[str, Any], path: str | os.PathLike) -> None:
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    write_text_atomic(path, buffer.getvalue(), what="CSV")
-
-
-def check_output(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike], overwrite: bool,
-                 folder: bool = False) -> None:
-    """Refuse an output path that would replace an input or an existing file without ``overwrite``.
-
-    The rule of every output the tool writes (the same as for audio outputs):
-    never an input (nor, for a folder, a folder that holds one), never an
-    existing file without ``overwrite``, never a non-regular file. A folder
-    output may replace only an empty folder or, with ``overwrite``, a page
-    this command wrote before (its ``index.html`` carries :data:`PAGE_MARK`).
-
-    Raises
-    ------
-    ConfigError
-    """
-    path = Path(path)
-    target = path.resolve()
-    for item in inputs:
-        src = Path(item).resolve()
-        if target == src or (folder and target in src.parents):
-            what = "an input" if target == src else f"a folder holding the input {item}"
-            raise ConfigError(f"{path}: is {what}; choose another output path")
-    if not path.exists():
-        return
-    if folder:
-        if not path.is_dir():
-            raise ConfigError(f"{path}: is a file, expected a folder for the page")
-        if not any(path.iterdir()):
-            return
-        index = path / "index.html"
-        if not (index.is_file() and PAGE_MARK in index.read_text(errors="replace")[:4096]):
-            raise ConfigError(f"{path}: is a folder that holds other files; choose a new or empty folder")
-    elif not path.is_file():
-        raise ConfigError(f"{path}: is not a regular file; choose another output path")
-    if not overwrite:
-        raise ConfigError(f"{path}: already exists; pass --overwrite to replace it")
-
-
-def write_text_atomic(path: str | os.PathLike, text: str, *, what: str) -> None:
-    """:func:`write_bytes_atomic` of ``text`` as UTF-8."""
-    write_bytes_atomic(path, text.encode(), what=what)
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, what: str) -> None:
-    """Write ``data`` through :func:`audiodenoise.outputs.write_bytes` (temp file beside ``path``, short name,
-    a replaced file's mode kept)."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        outputs.write_bytes(path, data)
-    except OSError as exc:
-        raise AudioDenoiseError(f"{path}: cannot write {what} ({exc.strerror or exc})") from None
+    outputs.write_text(path, buffer.getvalue(), parents=True)
 
 
 def replace_folder(tmp_dir: Path, path: Path) -> None:

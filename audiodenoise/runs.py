@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 
 from .checkpoint import atomic_write_bytes, load_model, save_model
-from .errors import TrainingError
+from .errors import OutputError, TrainingError
 from .features import FeatureConfig
 from .model import DenoisingAutoencoder
-from .outputs import atomic_path
+from .outputs import atomic_path, check_output
+from .train_config import TrainConfig
 
 CHECKPOINT_VERSION = 2
 FEATURES_FILE = "features.json"
@@ -80,17 +81,13 @@ def export_checkpoint(run_dir: str | os.PathLike, out: str | os.PathLike, *, ste
     one that scored better at that checkpoint's validation; EMA when unknown).
     ``step`` defaults to the latest kept checkpoint.
     """
-    from .outputs import check_output
-    from .training import TrainConfig
-
     run_dir, out = Path(run_dir), Path(out)
-    if out.is_dir():
-        raise TrainingError(f"{out}: is a folder; give the model file to write, e.g. {out / 'model.safetensors'}")
-    if out.exists() and not overwrite:
-        raise TrainingError(f"{out}: already exists; pass --overwrite to replace it")
     if out.resolve().parent == (run_dir / "checkpoints").resolve():
         raise TrainingError(f"{out}: is inside the run's checkpoints folder; write the model elsewhere")
-    check_output(out, overwrite=overwrite, inputs=list(checkpoints(run_dir).values()), what="model")
+    try:
+        check_output(out, overwrite=overwrite, inputs=list(checkpoints(run_dir).values()), what="model")
+    except OutputError as exc:  # a folder, an existing file without overwrite, a place that cannot be written
+        raise TrainingError(str(exc)) from None
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         raise TrainingError(f"{run_dir}: not a training run (no config.json)")

@@ -25,6 +25,7 @@ import soundfile as sf
 
 from . import audio
 from .errors import AudioError
+from .file_denoising import DenoiseResult
 
 STDIO = "-"
 STREAM_FORMATS = ("wav", "flac")
@@ -171,10 +172,8 @@ def denoise_stream(denoiser, src: str | os.PathLike, dst: str | os.PathLike, *, 
     (``wav``, the default, or ``flac``), in the input's sample format where
     that format holds it. A file output is written atomically, as by
     :meth:`~audiodenoise.api.Denoiser.denoise_file`. Returns its
-    :class:`~audiodenoise.api.DenoiseResult`.
+    :class:`~audiodenoise.file_denoising.DenoiseResult`.
     """
-    from .api import DenoiseResult
-
     if format is not None and not is_stdio(dst):
         raise AudioError(f"{dst}: --format applies to standard output (-); a file's format follows its extension")
     if is_stdio(src):

@@ -9,7 +9,7 @@ import torch
 from conftest import make_model, speech_like, write_audio
 
 import audiodenoise
-from audiodenoise import api
+from audiodenoise import api, shipped
 from audiodenoise.api import Denoiser
 from audiodenoise.errors import AudioDenoiseError, AudioError, ConfigError, ModelError
 from audiodenoise.features import FeatureConfig
@@ -182,7 +182,7 @@ def test_cuda_without_a_gpu_is_a_clear_error():
 
 
 def test_missing_shipped_model_is_a_model_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(api, "pretrained_path", lambda: tmp_path / "model.safetensors")
+    monkeypatch.setattr(shipped, "pretrained_path", lambda: tmp_path / "model.safetensors")
     with pytest.raises(ModelError, match="shipped model is missing"):
         Denoiser.from_pretrained(device="cpu")
 

@@ -125,7 +125,7 @@ def test_csv_and_html_are_not_replaced_without_overwrite(evalset, tmp_path):
             "--denoised", str(evalset / "other"), "--quiet", "--listen", "0"]
     pairs_before = (evalset / "pairs.csv").read_text()
     result = CliRunner().invoke(app, [*base, "--csv", str(evalset / "pairs.csv"), "--overwrite"])  # the input
-    assert result.exit_code == 1 and "is an input" in result.output
+    assert result.exit_code == 1 and "CSV path is the input file" in result.output
     assert (evalset / "pairs.csv").read_text() == pairs_before
     existing = tmp_path / "pairs.csv"
     existing.write_text("old\n")

@@ -55,9 +55,9 @@ def test_shipped_model_loads_with_its_checksum(shipped):
 
 
 def test_from_pretrained_verifies_the_checksum(shipped, monkeypatch):
-    import audiodenoise.api as api
+    import audiodenoise.shipped as shipped
 
-    monkeypatch.setattr(api, "pretrained_sha256", lambda: "0" * 64)
+    monkeypatch.setattr(shipped, "pretrained_sha256", lambda: "0" * 64)
     with pytest.raises(ModelError, match="checksum mismatch"):
         Denoiser.from_pretrained(device="cpu")
 
@@ -194,6 +194,6 @@ def test_a_missing_or_broken_checksum_file_is_one_clear_error(tmp_path, monkeypa
     if checksum is not None:
         (package / "model.safetensors.sha256").write_bytes(checksum)
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr("audiodenoise.api.PRETRAINED_PACKAGE", package.name)
+    monkeypatch.setattr("audiodenoise.shipped.PRETRAINED_PACKAGE", package.name)
     with pytest.raises(ModelError, match="model.safetensors.sha256: .*reinstall audiodenoise"):
         Denoiser.from_pretrained(device="cpu")

@@ -84,7 +84,7 @@ def evaluate(
 
     def work() -> int:
         from .. import evaluate as ev
-        from ..report import check_output
+        from ..report import PAGE_MARK
         from .denoise import load_denoiser
 
         pairs_csv = pairs if pairs is not None else ev.default_pairs_csv(noisy)
@@ -93,9 +93,8 @@ def evaluate(
         if out is not None:  # before any work: never an input, never an existing file without --overwrite
             outputs.check_output(out, overwrite=overwrite, inputs=files, what="report")
         if html is not None:
-            check_output(html, inputs=inputs, overwrite=overwrite, folder=True)
+            outputs.check_output_folder(html, overwrite=overwrite, inputs=inputs, mark=PAGE_MARK)
         if csv_path is not None:
-            check_output(csv_path, inputs=inputs, overwrite=overwrite)
             outputs.check_output(csv_path, overwrite=overwrite, inputs=files, what="CSV")
         systems: list = []
         if model is not None or not folders:

@@ -87,9 +87,10 @@ def train(
     """Train the denoising autoencoder; also under `torchrun --nproc_per_node=N -m audiodenoise train`."""
     import torch
 
-    from ..api import resolve_device
+    from ..devices import resolve_device
     from ..errors import ConfigError
-    from ..training import describe_export, fit, load_config
+    from ..train_config import load_config
+    from ..training import describe_export, fit
 
     def work() -> None:
         if threads:
