@@ -62,7 +62,8 @@ def spectrogram_dbfs(x: np.ndarray, sample_rate: int) -> np.ndarray:
         x = np.pad(x, (0, n_fft - len(x)))
     magnitude = np.abs(librosa.stft(x, n_fft=n_fft, hop_length=hop, window="hann", center=True))
     full_scale = n_fft / 4
-    return librosa.amplitude_to_db(magnitude, ref=full_scale, amin=full_scale * 10 ** (DB_RANGE[0] / 20), top_db=None)
+    db = librosa.amplitude_to_db(magnitude, ref=full_scale, amin=full_scale * 10 ** (DB_RANGE[0] / 20), top_db=None)
+    return np.maximum(db, DB_RANGE[0])  # the floor exactly: float32 rounding of amin lands at -100.00001
 
 
 def _show(ax, db: np.ndarray, sample_rate: int, *, x_axis: str | None = "time"):
