@@ -23,7 +23,7 @@ from typing import BinaryIO
 import numpy as np
 import soundfile as sf
 
-from . import audio
+from . import audio, outputs
 from .errors import AudioError
 from .file_denoising import DenoiseResult
 
@@ -170,12 +170,16 @@ def denoise_stream(denoiser, src: str | os.PathLike, dst: str | os.PathLike, *, 
 
     Standard input holds WAV or FLAC. Standard output gets ``format``
     (``wav``, the default, or ``flac``), in the input's sample format where
-    that format holds it. A file output is written atomically, as by
-    :meth:`~audiodenoise.api.Denoiser.denoise_file`. Returns its
+    that format holds it. A file output is checked by
+    :func:`~audiodenoise.outputs.check_output` before anything is read and
+    written atomically, as by :meth:`~audiodenoise.api.Denoiser.denoise_file`
+    (:class:`~audiodenoise.errors.OutputError` when refused). Returns its
     :class:`~audiodenoise.file_denoising.DenoiseResult`.
     """
     if format is not None and not is_stdio(dst):
         raise AudioError(f"{dst}: --format applies to standard output (-); a file's format follows its extension")
+    if not is_stdio(dst):  # the one output rule, checked before anything is read
+        dst = outputs.check_output(dst, overwrite=overwrite, inputs=[] if is_stdio(src) else [src])
     if is_stdio(src):
         source = InputStream(stdin)
         rate, channels, like = source.info.sample_rate, source.info.channels, source.info.subtype
@@ -193,11 +197,6 @@ def denoise_stream(denoiser, src: str | os.PathLike, dst: str | os.PathLike, *, 
                 ("FLOAT", "DOUBLE")))
             out.close()
         else:
-            dst = Path(dst)
-            if dst.is_dir():
-                raise AudioError(f"{dst}: is a folder, expected an output file path")
-            if dst.exists() and not overwrite:
-                raise AudioError(f"{dst}: already exists; pass --overwrite to replace it")
             like_info = audio.AudioInfo(_STDIN, rate, channels, 1, "WAV", like)
             fmt, subtype = audio.output_format(dst, like=like_info)
             with audio.AtomicWriter(dst, sample_rate=rate, channels=channels, format=fmt, subtype=subtype) as writer:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from conftest import make_model, speech_like, write_audio
 
 from audiodenoise import streams
 from audiodenoise.api import Denoiser
-from audiodenoise.errors import AudioError
+from audiodenoise.errors import AudioError, OutputError
 from audiodenoise.features import FeatureConfig
 
 
@@ -117,6 +118,44 @@ def test_a_truncated_stream_fails_and_leaves_no_output_file(tmp_path, src, denoi
     with pytest.raises(AudioError, match=r"stdin: stream is truncated \(header says 50715 samples, it ended after"):
         streams.denoise_stream(denoiser, "-", tmp_path / "out.wav", stdin=io.BytesIO(data))
     assert list(tmp_path.iterdir()) == [src]
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda p: os.mkfifo(p), r"exists and is a FIFO, not a regular file; choose another output path"),
+        (lambda p: p.mkdir(), r"is a folder, expected an output file path"),
+    ],
+    ids=["fifo", "folder"],
+)
+def test_a_stream_to_a_file_follows_the_one_output_rule(tmp_path, src, denoiser, make, match, overwrite):
+    dst = tmp_path / "out.wav"
+    make(dst)
+    stdin = io.BytesIO(src.read_bytes())
+    with pytest.raises(OutputError, match=f"^{re.escape(str(dst))}: {match}"):
+        streams.denoise_stream(denoiser, "-", dst, overwrite=overwrite, stdin=stdin)
+    assert stdin.tell() == 0  # refused before anything was read
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.wav", "out.wav"]  # no temp file either
+
+
+def test_a_stream_to_a_file_name_over_the_limit_is_refused_before_reading(tmp_path, src, denoiser):
+    dst = tmp_path / ("x" * 300 + ".wav")
+    stdin = io.BytesIO(src.read_bytes())
+    with pytest.raises(OutputError, match=r"file name is 304 bytes, longer than the file system's \d+-byte limit"):
+        streams.denoise_stream(denoiser, "-", dst, stdin=stdin)
+    assert stdin.tell() == 0
+    assert list(tmp_path.iterdir()) == [src]
+
+
+def test_a_stream_replaces_an_existing_file_only_with_overwrite(tmp_path, src, expected, denoiser):
+    dst = tmp_path / "out.wav"
+    dst.write_bytes(b"old")
+    with pytest.raises(OutputError, match=f"^{re.escape(str(dst))}: already exists; pass --overwrite to replace it$"):
+        streams.denoise_stream(denoiser, "-", dst, stdin=io.BytesIO(src.read_bytes()))
+    assert dst.read_bytes() == b"old"
+    streams.denoise_stream(denoiser, "-", dst, overwrite=True, stdin=io.BytesIO(src.read_bytes()))
+    np.testing.assert_array_equal(sf.read(str(dst), dtype="float32", always_2d=True)[0].T, expected)
 
 
 def test_format_is_for_stdout_only(tmp_path, src, denoiser):
