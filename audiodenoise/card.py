@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from . import __version__
 from .api import Denoiser
 from .checkpoint import sha256_file
 from .model import count_parameters
-from .shipped import PRETRAINED_FILE, PRETRAINED_PACKAGE, pretrained_path, pretrained_sha256
+from .shipped import PRETRAINED_FILE, pretrained_path, pretrained_resource, pretrained_sha256
 
 SIDECAR_FILE = "model-info.json"
 
@@ -63,7 +62,7 @@ def model_card(path: str | os.PathLike | None = None) -> dict[str, Any]:
 def _sidecar() -> dict[str, Any]:
     """The shipped model's ``model-info.json`` (empty if this installation lacks it)."""
     try:
-        data = json.loads(resources.files(PRETRAINED_PACKAGE).joinpath(SIDECAR_FILE).read_text())
+        data = json.loads(pretrained_resource(SIDECAR_FILE).read_text())
     except (OSError, ValueError):
         return {}
     data.pop("about", None)

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import ModelError
+
+if TYPE_CHECKING:  # importlib.resources.abc is Python 3.11+
+    from importlib.resources.abc import Traversable
 
 PRETRAINED_PACKAGE = "audiodenoise.pretrained"
 PRETRAINED_FILE = "model.safetensors"
 
 
+def pretrained_resource(name: str) -> Traversable:
+    """The file ``name`` beside the shipped model in the installed package (``model-info.json``, ...)."""
+    return resources.files(PRETRAINED_PACKAGE).joinpath(name)
+
+
 def pretrained_path() -> Path:
     """Path of the shipped model file inside the installed package."""
-    return Path(str(resources.files(PRETRAINED_PACKAGE).joinpath(PRETRAINED_FILE)))
+    return Path(str(pretrained_resource(PRETRAINED_FILE)))
 
 
 def pretrained_sha256() -> str:

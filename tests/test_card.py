@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+from pathlib import Path
 
 from conftest import make_model
 from typer.testing import CliRunner
 
 from audiodenoise.api import pretrained_sha256
+from audiodenoise.card import SIDECAR_FILE, model_card
 from audiodenoise.checkpoint import save_model
 from audiodenoise.cli.main import app
 from audiodenoise.features import FeatureConfig
+from audiodenoise.shipped import PRETRAINED_FILE, pretrained_path
 
 
 def _info(*args) -> tuple[int, str]:
@@ -83,3 +87,18 @@ def test_a_model_file_without_card_facts_says_so(tiny_model_file):
 def test_a_missing_model_file_is_one_line_and_exit_1(tmp_path):
     code, text = _info(tmp_path / "nope.safetensors")
     assert code == 1 and "not found" in text and text.count("\n") == 1
+
+
+def test_the_shipped_sidecar_is_found_through_audiodenoise_shipped(tmp_path, monkeypatch):
+    # one source of truth for where the shipped model lives: patching audiodenoise.shipped moves the card too
+    package = tmp_path / "relocated_install"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    for name in (PRETRAINED_FILE, PRETRAINED_FILE + ".sha256"):
+        shutil.copyfile(pretrained_path().with_name(name), package / name)
+    (package / SIDECAR_FILE).write_text(json.dumps({"sidecar_probe": "relocated"}))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr("audiodenoise.shipped.PRETRAINED_PACKAGE", package.name)
+    card = model_card()
+    assert card["shipped"] and Path(card["model_file"]).parent == package
+    assert card["info"]["sidecar_probe"] == "relocated"
