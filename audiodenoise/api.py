@@ -170,7 +170,7 @@ class Denoiser:
         if not float(sample_rate).is_integer():
             raise AudioError(f"sample rate must be a whole number of Hz, got {sample_rate!r}")
         audio.check_sample_rate(int(sample_rate))
-        out = process_array(data, self._chunk_fn(int(sample_rate)), **self._plan(int(sample_rate)))
+        out = process_array(data, self.chunk_fn(int(sample_rate)), **self.chunk_plan(int(sample_rate)))
         out = out.reshape(array.shape)
         if is_torch:
             return torch.from_numpy(out).to(device=wav.device, dtype=wav.dtype)
@@ -205,7 +205,7 @@ class Denoiser:
             return np.concatenate([segment[:n], out])
 
         stacked = np.concatenate([source, target])
-        out = process_array(stacked, fn, **self._plan(int(sample_rate)))[n:]
+        out = process_array(stacked, fn, **self.chunk_plan(int(sample_rate)))[n:]
         return out.reshape(np.shape(wav_to_filter))
 
     def denoise_batch(self, batch, sample_rate: int, *, channels_last: bool = False):
@@ -239,10 +239,17 @@ class Denoiser:
     denoise_file = file_denoising.denoise_file
     denoise_blocks = file_denoising.denoise_blocks
 
-    # -- internals -------------------------------------------------------------
+    # -- the chunking interface ------------------------------------------------
+    # what the drivers in audiodenoise.file_denoising (files, and the pipes of audiodenoise.streams)
+    # build on: a plan and a per-chunk function for audiodenoise.chunking
 
-    def _plan(self, sample_rate: int) -> dict:
-        """Chunk plan in samples at ``sample_rate``: chunk, context and grid alignment."""
+    def chunk_plan(self, sample_rate: int) -> dict:
+        """Chunk plan in samples at ``sample_rate``: chunk, context and grid alignment.
+
+        Returns ``{"chunk": int, "context": int, "align": int}``, the keyword
+        arguments of :func:`~audiodenoise.chunking.process_array`,
+        ``process_chunked`` and ``process_stream``.
+        """
         model_rate = self.features.sample_rate
         native = native_features(self.features, sample_rate)
         rf_seconds = (
@@ -255,10 +262,18 @@ class Denoiser:
             "align": grid_alignment(sample_rate, native.hop_length, model_rate, self.features.hop_length),
         }
 
-    def _chunk_fn(
+    def chunk_fn(
         self, sample_rate: int, *, integer_output: bool = False, ceiling: float = audio.LIMIT_CEILING,
         gain: float = 1.0,
     ) -> Callable[[np.ndarray], np.ndarray]:
+        """The function the chunker applies to each ``segment [channels, n]`` at ``sample_rate``.
+
+        It denoises the segment in one pass, refuses NaN or infinite output
+        (:class:`~audiodenoise.errors.ModelError`) and, with the limiter,
+        soft-limits below ``ceiling`` and then scales by ``gain`` (a lossy
+        output made again at a lower level); without it, ``integer_output``
+        hard-clips to [-1, 1].
+        """
         knee = min(audio.LIMIT_KNEE, ceiling * audio.LIMIT_KNEE / audio.LIMIT_CEILING)
 
         def fn(segment: np.ndarray) -> np.ndarray:
@@ -274,6 +289,8 @@ class Denoiser:
             return out
 
         return fn
+
+    # -- internals -------------------------------------------------------------
 
     @torch.inference_mode()
     def _denoise_segment(self, segment: np.ndarray, sample_rate: int, target: np.ndarray | None = None) -> np.ndarray:

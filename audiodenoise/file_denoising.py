@@ -4,7 +4,9 @@
 A file is read in chunks and written to a temp file beside its output, then
 renamed (:class:`~audiodenoise.audio.AtomicWriter`); a lossy output whose
 decoded peaks go above full scale is made again at a lower gain. A progress
-bar counts seconds of audio.
+bar counts seconds of audio. Both drive :mod:`audiodenoise.chunking` with the
+Denoiser's chunking interface: :meth:`~audiodenoise.api.Denoiser.chunk_plan` and
+:meth:`~audiodenoise.api.Denoiser.chunk_fn`.
 """
 
 from __future__ import annotations
@@ -83,11 +85,11 @@ def denoise_file(
                 ) as writer:
                     process_chunked(
                         lambda a, b: audio.read_segment(fh, a, b, name=str(src)),
-                        denoiser._chunk_fn(meta.sample_rate, integer_output=integer_output, **limit),
+                        denoiser.chunk_fn(meta.sample_rate, integer_output=integer_output, **limit),
                         writer.write,
                         meta.frames,
                         on_progress=bar.update if bar else None,
-                        **denoiser._plan(meta.sample_rate),
+                        **denoiser.chunk_plan(meta.sample_rate),
                     )
                 break
             except audio.Overshoot as over:
@@ -114,8 +116,8 @@ def denoise_blocks(
     without the limiter. Returns the number of samples.
     """
     audio.check_sample_rate(sample_rate)
-    fn = denoiser._chunk_fn(sample_rate, integer_output=integer_output)
-    return process_stream(blocks, fn, write, **denoiser._plan(sample_rate))
+    fn = denoiser.chunk_fn(sample_rate, integer_output=integer_output)
+    return process_stream(blocks, fn, write, **denoiser.chunk_plan(sample_rate))
 
 
 def progress_bar(meta: audio.AudioInfo, *, enabled: bool):

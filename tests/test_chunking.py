@@ -105,9 +105,9 @@ def test_denoiser_chunked_equals_one_pass(sample_rate):
     model, features = make_model(), FeatureConfig()
     one_pass = Denoiser(model, features, device="cpu", chunk_seconds=100.0)
     chunked = Denoiser(model, features, device="cpu", chunk_seconds=0.5)
-    plan = chunked._plan(sample_rate)
+    plan = chunked.chunk_plan(sample_rate)
     assert len(list(plan_chunks(wav.shape[1], **plan))) >= 5
-    assert len(list(plan_chunks(wav.shape[1], **one_pass._plan(sample_rate)))) == 1
+    assert len(list(plan_chunks(wav.shape[1], **one_pass.chunk_plan(sample_rate)))) == 1
     a = one_pass.denoise(wav, sample_rate)
     b = chunked.denoise(wav, sample_rate)
     assert a.shape == b.shape == wav.shape
@@ -120,7 +120,7 @@ def test_chunk_alignment_stays_short_at_44_1_khz_rates(sample_rate):
     # the native hop divides the span after which model and native frames line up, so reads
     # align every 40 ms; with the plain 353-sample hop at 44.1 kHz they aligned every 14 s,
     # which rounded each chunk's context up to 14 s (twice the work, 2.6 times the memory)
-    plan = Denoiser(make_model(), FeatureConfig(), device="cpu")._plan(sample_rate)
+    plan = Denoiser(make_model(), FeatureConfig(), device="cpu").chunk_plan(sample_rate)
     assert plan["align"] <= 0.05 * sample_rate
     assert plan["context"] <= 2 * sample_rate
 
