@@ -20,7 +20,7 @@ and noise parts and says how much noise the mask removed and how much speech
 it distorted (:func:`~audiodenoise.metrics.decomposition`).
 
 This module runs the systems and gathers the report; the scores are in
-:mod:`audiodenoise.metrics`, the pairs in :mod:`audiodenoise.pairs`, the table,
+:mod:`audiodenoise.metrics`, the pairs in :mod:`audiodenoise.pairs`, the summaries, table,
 JSON and CSV in :mod:`audiodenoise.report` and the listening page in
 :mod:`audiodenoise.page`. Their public names are importable from here too.
 
@@ -70,7 +70,16 @@ from .pairs import (  # noqa: F401  (public API)
     snr_group,
 )
 from .processes import check_main_guard
-from .report import TABLE_HEADER, format_table, summarize, write_csv, write_report  # noqa: F401  (public API)
+from .report import (  # noqa: F401  (public API)
+    TABLE_HEADER,
+    format_table,
+    group_means,
+    mean_scores,
+    summarize,
+    system_summary,
+    write_csv,
+    write_report,
+)
 
 PROTOCOL = ("shared/eval/README.md: float64 mono 16 kHz, aligned within +-100 ms, "
             "PESQ-WB (pesq), STOI (pystoi, extended=False), SI-SDR")
@@ -199,7 +208,7 @@ def evaluate_systems(
         row.update(processed=first["processed"], lag_samples=first["lag_samples"], error=first["error"])
         rows.append(row)
 
-    summaries = [_system_summary(n, s, rows, timings.get(n)) for n, s in systems]
+    summaries = [system_summary(n, s, rows, timings.get(n)) for n, s in systems]
     first = summaries[0] if summaries else None
     report = {
         "protocol": PROTOCOL,
@@ -216,8 +225,8 @@ def evaluate_systems(
         "seconds": sum(r["seconds"] for r in rows),
         "rtf": first["rtf"] if first else None,
         "timing": first["timing"] if first else None,
-        "means": first["means"] if first else {"noisy": _mean_scores([r["noisy"] for r in rows]), "processed": None},
-        "groups": first["groups"] if first else _groups(rows, None),
+        "means": first["means"] if first else {"noisy": mean_scores([r["noisy"] for r in rows]), "processed": None},
+        "groups": first["groups"] if first else group_means(rows, None),
         "systems": summaries,
         "files": rows,
     }
@@ -229,53 +238,6 @@ def evaluate_systems(
 def denoiser_name(denoiser) -> str:
     """A label for a :class:`~audiodenoise.api.Denoiser` in reports."""
     return "audiodenoise" + (f" ({denoiser.info['name']})" if denoiser.info.get("name") else "")
-
-
-def _system_summary(name: str, system, rows: list[dict], timing: dict | None) -> dict[str, Any]:
-    per_file = [r["systems"][name] for r in rows]
-    failures = [{"id": r["id"], "reason": s["error"]} for r, s in zip(rows, per_file, strict=True)
-                if s["error"] is not None]
-    is_folder = isinstance(system, (str, os.PathLike))
-    return {
-        "name": name,
-        "kind": "folder" if is_folder else "model",
-        "denoised_dir": str(system) if is_folder else None,
-        "n_scored": sum(s["processed"] is not None for s in per_file),
-        "n_failures": len(failures),
-        "failures": failures,
-        "rtf": timing["rtf"] if timing else None,
-        "timing": timing,
-        "means": {"noisy": _mean_scores([r["noisy"] for r in rows]),
-                  "processed": _mean_scores([s["processed"] for s in per_file])},
-        "stats": summarize(rows, name),
-        "groups": _groups(rows, name) if any(r["group"] for r in rows) else {},
-    }
-
-
-def _groups(rows: list[dict], name: str | None) -> dict[str, Any]:
-    if not any(r["group"] for r in rows):
-        return {}
-    groups = {}
-    for group in SNR_GROUPS:
-        members = [r for r in rows if r["group"] == group]
-        groups[group] = {
-            "snr_db": sorted({r["snr_db"] for r in members}),
-            "n_pairs": len(members),
-            "noisy": _mean_scores([r["noisy"] for r in members]),
-            "processed": _mean_scores([r["systems"][name]["processed"] for r in members]) if name else None,
-        }
-        if name:
-            groups[group]["stats"] = summarize(members, name)
-    return groups
-
-
-def _mean_scores(scores: list[dict | None]) -> dict[str, Any] | None:
-    scores = [s for s in scores if s is not None]
-    if not scores:
-        return None
-    means: dict[str, Any] = {m: float(np.mean([s[m] for s in scores])) for m in METRICS}
-    means["n"] = len(scores)
-    return means
 
 
 def _run_denoiser(denoiser, pairs: list[Pair], *, progress: bool, decompose: bool):

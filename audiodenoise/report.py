@@ -1,6 +1,7 @@
-"""An evaluation report as a Markdown table, JSON and CSV.
+"""An evaluation report: its per-system and per-group summaries, and the report as a Markdown table,
+JSON and CSV.
 
-The report itself is gathered by :func:`audiodenoise.evaluate.evaluate`.
+The rows themselves are gathered by :func:`audiodenoise.evaluate.evaluate`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from . import outputs
 from .metrics import DECOMPOSITION, METRICS, mean_ci
@@ -45,6 +48,63 @@ def summarize(rows: list[dict], name: str) -> dict[str, Any]:
         "delta": {m: mean_ci(out[m] - noisy[m] for noisy, out in scored) for m in METRICS},
         **{key: mean_ci(s[key] for _, s in per_file) for key in DECOMPOSITION},
     }
+
+
+def system_summary(name: str, system, rows: list[dict], timing: dict | None) -> dict[str, Any]:
+    """The report's summary of one system over the file ``rows``: counts, failures, timing, means, groups.
+
+    ``system`` is a :class:`~audiodenoise.api.Denoiser` or the path of a folder
+    of denoised files; ``timing`` the denoiser's (None for a folder).
+    """
+    per_file = [r["systems"][name] for r in rows]
+    failures = [{"id": r["id"], "reason": s["error"]} for r, s in zip(rows, per_file, strict=True)
+                if s["error"] is not None]
+    is_folder = isinstance(system, (str, os.PathLike))
+    return {
+        "name": name,
+        "kind": "folder" if is_folder else "model",
+        "denoised_dir": str(system) if is_folder else None,
+        "n_scored": sum(s["processed"] is not None for s in per_file),
+        "n_failures": len(failures),
+        "failures": failures,
+        "rtf": timing["rtf"] if timing else None,
+        "timing": timing,
+        "means": {"noisy": mean_scores([r["noisy"] for r in rows]),
+                  "processed": mean_scores([s["processed"] for s in per_file])},
+        "stats": summarize(rows, name),
+        "groups": group_means(rows, name) if any(r["group"] for r in rows) else {},
+    }
+
+
+def group_means(rows: list[dict], name: str | None) -> dict[str, Any]:
+    """Per SNR group: its SNRs, pair count and mean scores of the noisy input and of system ``name``.
+
+    Empty when no row has a group (no pairs file); ``name`` None scores only the noisy input.
+    """
+    if not any(r["group"] for r in rows):
+        return {}
+    groups = {}
+    for group in SNR_GROUPS:
+        members = [r for r in rows if r["group"] == group]
+        groups[group] = {
+            "snr_db": sorted({r["snr_db"] for r in members}),
+            "n_pairs": len(members),
+            "noisy": mean_scores([r["noisy"] for r in members]),
+            "processed": mean_scores([r["systems"][name]["processed"] for r in members]) if name else None,
+        }
+        if name:
+            groups[group]["stats"] = summarize(members, name)
+    return groups
+
+
+def mean_scores(scores: list[dict | None]) -> dict[str, Any] | None:
+    """Mean of each metric over the scored pairs (None entries skipped) with their count ``n``; None if none."""
+    scores = [s for s in scores if s is not None]
+    if not scores:
+        return None
+    means: dict[str, Any] = {m: float(np.mean([s[m] for s in scores])) for m in METRICS}
+    means["n"] = len(scores)
+    return means
 
 
 def format_table(report: dict[str, Any]) -> str:
