@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import sys
 import threading
 import time
 from collections import deque
@@ -49,6 +48,7 @@ from .batch_report import (
     SKIPPED,
     BatchSummary,
     FileResult,
+    ProgressBar,
     ReportWriter,
     check_report_path,
 )
@@ -164,17 +164,16 @@ class _Runner:
         self.summary = BatchSummary()
         self.abort = _Abort()
         self.swept: set[Path] = set()
-        self.bar = None
+        self.bar: ProgressBar | None = None
         self.progress = progress
-        self._total: list[int] = []
         self._start = 0.0
 
     def run(self) -> BatchSummary:
         self._start = time.perf_counter()
         old = _install(self.abort)
         try:
-            if self.progress and self.plan.folder:  # the bar's total, while the work goes on
-                threading.Thread(target=self._count, daemon=True).start()
+            if self.progress:
+                self.bar = ProgressBar(self.plan.count, background=self.plan.folder, start=self._start)
             if self.jobs == 1:
                 self._run_here(self.plan.tasks())
             else:
@@ -214,28 +213,8 @@ class _Runner:
         self.summary.add(result)
         if self.report is not None:
             self.report.add(result)
-        if self.progress and self.bar is None:  # opened on the first result: an empty batch shows none
-            self._open_bar()
         if self.bar is not None:
-            if result.status == FAILED:
-                self.bar.write(f"{result.src}: {result.reason}", file=sys.stderr)
-            if self._total and self.bar.total is None:
-                self.bar.total = self._total[0]
-            rate = self.summary.audio_seconds / max(time.perf_counter() - self._start, 1e-9)
-            self.bar.set_postfix_str(f"{rate:.1f} audio s/s", refresh=False)
-            self.bar.update(1)
-
-    def _open_bar(self) -> None:
-        from tqdm import tqdm
-
-        total = None if self.plan.folder else self.plan.count()
-        self.bar = tqdm(total=total, unit="file", file=sys.stderr, dynamic_ncols=True, desc="denoise")
-
-    def _count(self) -> None:
-        try:
-            self._total.append(self.plan.count())
-        except Exception:  # the bar just shows no total
-            pass
+            self.bar.update(result, self.summary)
 
     # -- in this process -----------------------------------------------------------------
 

@@ -1,10 +1,14 @@
-"""What happened in a batch: each file's outcome, the counts, and the JSON/CSV report."""
+"""What happened in a batch: each file's outcome, the counts, the JSON/CSV report and the progress bar."""
 
 from __future__ import annotations
 
 import csv
 import json
 import os
+import sys
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,3 +153,51 @@ class ReportWriter:
     def discard(self) -> None:
         self._fh.close()
         self._tmp.unlink(missing_ok=True)
+
+
+class ProgressBar:
+    """A batch's tqdm bar on stderr: files with an outcome, audio seconds denoised per second, a line per failure.
+
+    ``count`` returns the number of files. With ``background`` (a folder walk)
+    it runs in a thread while the work goes on and the total appears once
+    known; otherwise it runs when the bar opens. The bar opens on the first
+    result, so an empty batch shows none. ``start`` is the batch's
+    :func:`time.perf_counter` at its start.
+    """
+
+    def __init__(self, count: Callable[[], int], *, background: bool, start: float) -> None:
+        self._count_files = count
+        self._background = background
+        self._start = start
+        self._total: list[int] = []
+        self._bar = None
+        if background:
+            threading.Thread(target=self._count, daemon=True).start()
+
+    def update(self, result: FileResult, summary: BatchSummary) -> None:
+        """Count ``result`` (already added to ``summary``)."""
+        if self._bar is None:
+            self._open()
+        if result.status == FAILED:
+            self._bar.write(f"{result.src}: {result.reason}", file=sys.stderr)
+        if self._total and self._bar.total is None:
+            self._bar.total = self._total[0]
+        rate = summary.audio_seconds / max(time.perf_counter() - self._start, 1e-9)
+        self._bar.set_postfix_str(f"{rate:.1f} audio s/s", refresh=False)
+        self._bar.update(1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+    def _open(self) -> None:
+        from tqdm import tqdm
+
+        total = None if self._background else self._count_files()
+        self._bar = tqdm(total=total, unit="file", file=sys.stderr, dynamic_ncols=True, desc="denoise")
+
+    def _count(self) -> None:
+        try:
+            self._total.append(self._count_files())
+        except Exception:  # the bar just shows no total
+            pass
