@@ -65,10 +65,7 @@ def denoise_file(
     fmt, out_subtype = audio.output_format(dst, like=meta)
     if subtype is not None:
         out_subtype = subtype
-    try:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise AudioError(f"{dst}: cannot create output folder ({exc.strerror})") from None
+    outputs.make_parent(dst)
     integer_output = not out_subtype.startswith(("FLOAT", "DOUBLE"))
     lossy = denoiser.limiter and fmt in audio.LOSSY_FORMATS
     # a lossy codec's output peaks above its input's: the limiter bends at a lower ceiling, and

@@ -109,6 +109,15 @@ def check_output(
     return path
 
 
+def make_parent(path: PathLike) -> None:
+    """Create the missing folders above ``path`` (once :func:`check_output` has allowed it)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{display(path)}: cannot create output folder ({exc.strerror or exc})") from None
+
+
 def check_output_dir(path: PathLike, *, inputs: Iterable[PathLike] = (), what: str = "output folder") -> Path:
     """Raise :class:`OutputError` unless ``path`` can be a folder the tool writes into (made if missing).
 

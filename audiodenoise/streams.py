@@ -199,6 +199,7 @@ def denoise_stream(denoiser, src: str | os.PathLike, dst: str | os.PathLike, *, 
         else:
             like_info = audio.AudioInfo(_STDIN, rate, channels, 1, "WAV", like)
             fmt, subtype = audio.output_format(dst, like=like_info)
+            outputs.make_parent(dst)  # as a file input's output: missing folders are created
             with audio.AtomicWriter(dst, sample_rate=rate, channels=channels, format=fmt, subtype=subtype) as writer:
                 frames = denoiser.denoise_blocks(blocks, rate, writer.write, integer_output=not subtype.startswith(
                     ("FLOAT", "DOUBLE")))

@@ -70,6 +70,13 @@ def test_stdin_wav_to_a_file_equals_denoising_the_file(tmp_path, src, expected, 
     assert sf.info(str(tmp_path / "out.wav")).subtype == "PCM_16"
 
 
+def test_stdin_to_a_file_in_missing_folders_creates_them_as_a_file_input_does(tmp_path, src, expected, denoiser):
+    dst = tmp_path / "new" / "sub" / "out.wav"
+    streams.denoise_stream(denoiser, "-", dst, stdin=io.BytesIO(src.read_bytes()))
+    out, _ = sf.read(str(dst), dtype="float32", always_2d=True)
+    assert np.array_equal(out.T, expected)
+
+
 @pytest.mark.parametrize("fmt", ["wav", "flac"])
 def test_a_file_to_stdout_equals_denoising_the_file(tmp_path, src, denoiser, fmt):
     denoiser.denoise_file(src, tmp_path / f"expected.{fmt}")  # libsndfile's own sample conversion for fmt
