@@ -130,8 +130,15 @@ def log_magnitude(spec_or_mag: torch.Tensor, *, config: FeatureConfig) -> torch.
 
 
 def magnitude(log_mag: torch.Tensor, *, config: FeatureConfig) -> torch.Tensor:
-    """Inverse of :func:`log_magnitude` (clamped at zero)."""
-    return (torch.exp(log_mag) - config.log_eps).clamp_min(0.0)
+    """Inverse of :func:`log_magnitude`: ``exp(log_mag) - log_eps``, exactly zero at the floor.
+
+    Below ``log_eps * 1e-6`` the log feature cannot tell a magnitude from zero
+    (float32 resolution near ``log(log_eps)``), and ``exp(log(eps)) - eps`` is
+    a rounding residue whose size depends on the CPU's vector maths; such
+    magnitudes are returned as zero, so silence resynthesises as silence.
+    """
+    mag = torch.exp(log_mag) - config.log_eps
+    return torch.where(mag > config.log_eps * 1e-6, mag, torch.zeros((), dtype=mag.dtype))
 
 
 def analyze(wav: torch.Tensor, *, config: FeatureConfig) -> tuple[torch.Tensor, torch.Tensor]:
