@@ -111,11 +111,12 @@ def check_output(
 
 def make_parent(path: PathLike) -> None:
     """Create the missing folders above ``path`` (once :func:`check_output` has allowed it)."""
-    path = Path(path)
+    folder = Path(path).parent
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"{display(path)}: cannot create output folder ({exc.strerror or exc})") from None
+        raise OutputError(f"{display(path)}: cannot create the folder {display(folder)} "
+                          f"({exc.strerror or exc})") from None
 
 
 def check_output_dir(path: PathLike, *, inputs: Iterable[PathLike] = (), what: str = "output folder") -> Path:
@@ -262,12 +263,7 @@ def write_bytes(path: PathLike, data: bytes, *, fsync: bool = False, parents: bo
     ``parents``: make the missing folders above ``path`` first.
     """
     if parents:
-        folder = Path(path).parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"{display(path)}: cannot create the folder {display(folder)} "
-                              f"({exc.strerror or exc})") from None
+        make_parent(path)
     with atomic_path(path, fsync=fsync) as tmp:
         try:
             tmp.write_bytes(data)

@@ -72,7 +72,7 @@ def system_summary(name: str, system, rows: list[dict], timing: dict | None) -> 
         "means": {"noisy": mean_scores([r["noisy"] for r in rows]),
                   "processed": mean_scores([s["processed"] for s in per_file])},
         "stats": summarize(rows, name),
-        "groups": group_means(rows, name) if any(r["group"] for r in rows) else {},
+        "groups": group_means(rows, name),
     }
 
 
