@@ -10,7 +10,8 @@ Layout of a prepared dataset folder::
 
     speech/NNNNN.{npy,jsonl}      training speech (see :mod:`audiodenoise.store`)
     valid_speech/NNNNN.{npy,jsonl} held-out speech (by speaker, else by file)
-    noise/NNNNN.{npy,jsonl}       noise and music
+    noise/NNNNN.{npy,jsonl}       training noise and music
+    valid_noise/NNNNN.{npy,jsonl} held-out noise (by file) for the validation pairs
     valid/noisy/ID.flac, valid/clean/ID.flac, valid/pairs.csv (id, snr_db)
                                   the fixed validation pairs (same seed, same pairs);
                                   `audiodenoise evaluate --noisy valid/noisy --clean valid/clean`
@@ -46,14 +47,16 @@ from .store import WaveStore, read_shard_head, write_shard
 from .valid_pairs import read_valid_pairs, write_valid_pairs
 
 __all__ = ["AUDIO_EXTENSIONS", "DATASET_FORMAT", "DATASET_VERSION", "STORE_PEAK", "PrepareConfig", "find_audio",
-           "is_valid_group", "load_mono", "prepare", "read_valid_pairs", "speaker_group", "speech_range_db",
-           "trim_silence"]
+           "held_out_noise", "is_valid_group", "load_mono", "noise_group", "prepare", "read_valid_pairs",
+           "speaker_group", "speech_range_db", "trim_silence"]
 
 DATASET_FORMAT = "audiodenoise-dataset"
 DATASET_VERSION = 2
+MIN_NOISE_FILES_TO_HOLD_OUT = 10
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".w64", ".caf"}
 STORE_PEAK = 0.9
 _SPEAKER_NAME = re.compile(r"^(\d+)-\d+-\d+$")
+_TAKE_NUMBER = re.compile(r"[\s_.-]*\d+$")
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ class PrepareConfig:
     valid_pairs_max: int = 400
     gap_seconds_max: float = 0.4
     valid_fraction: float = 0.05
+    valid_noise_fraction: float = 0.1
     min_speech_range_db: float = 20.0
     trim_db: float = 50.0
     files_per_shard: int = 48
@@ -83,8 +87,9 @@ class PrepareConfig:
             raise ConfigError(f"segment_seconds must be 0.5-60, got {self.segment_seconds}")
         if self.mixes_per_segment < 1 or self.files_per_shard < 1 or self.valid_pairs_max < 0:
             raise ConfigError("mixes_per_segment and files_per_shard must be at least 1, valid_pairs_max at least 0")
-        if not 0 <= self.valid_fraction < 1:
-            raise ConfigError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
+        for name in ("valid_fraction", "valid_noise_fraction"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
 
     def to_dict(self) -> dict:
         return config_to_dict(self)
@@ -115,10 +120,26 @@ def speaker_group(path: Path) -> str:
     return f"speaker:{match.group(1)}" if match else f"file:{path}"
 
 
-def is_valid_group(group: str, config: PrepareConfig) -> bool:
-    """Deterministic, order-independent split by a hash of the group."""
+def is_valid_group(group: str, config: PrepareConfig, fraction: float | None = None) -> bool:
+    """Deterministic, order-independent split by a hash of the group (``fraction``: config.valid_fraction)."""
     digest = hashlib.sha256(f"{config.seed}:{group}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < config.valid_fraction
+    return int.from_bytes(digest[:8], "big") / 2**64 < (config.valid_fraction if fraction is None else fraction)
+
+
+def noise_group(path: Path) -> str:
+    """Folder and file name without a trailing take number (``door_slam3.wav`` -> ``sfx/door_slam``), so
+    the takes of one sound fall on one side of the split; independent of where the corpus lies."""
+    return f"noise:{path.parent.name}/{_TAKE_NUMBER.sub('', path.stem) or path.stem}"
+
+
+def held_out_noise(noise_files: list[Path], config: PrepareConfig) -> set[Path]:
+    """The noise files kept out of training for the validation pairs: a hash of :func:`noise_group` picks
+    ``valid_noise_fraction`` of the groups. A corpus of
+    fewer than ``MIN_NOISE_FILES_TO_HOLD_OUT`` files holds none out: training needs the little it has."""
+    if len(noise_files) < MIN_NOISE_FILES_TO_HOLD_OUT:
+        return set()
+    held = {p for p in noise_files if is_valid_group(noise_group(p), config, config.valid_noise_fraction)}
+    return held if len(held) < len(noise_files) else set()
 
 
 def load_mono(path: Path, sample_rate: int) -> np.ndarray:
@@ -199,21 +220,31 @@ def _build(out: Path, header: dict, clean_files: list[Path], noise_files: list[P
     per = config.files_per_shard
     speech_shards = [clean_files[i : i + per] for i in range(0, len(clean_files), per)]
     noise_shards = [noise_files[i : i + per] for i in range(0, len(noise_files), per)]
-    todo_noise = [i for i, files in enumerate(noise_shards) if not _done(out, ("noise",), i, files, settings)]
+    held = held_out_noise(noise_files, config)
+
+    def noise_inputs(files: list[Path]) -> str:  # which files are held out is part of a noise shard's inputs
+        return f"{_fingerprint(files)}:{_fingerprint([f for f in files if f in held])}"
+
+    todo_noise = [i for i, files in enumerate(noise_shards)
+                  if not _done(out, ("noise", "valid_noise"), i, noise_inputs(files), settings)]
+    if not held and config.valid_noise_fraction > 0:
+        log(f"prepare: {len(noise_files)} noise file(s): too few to hold any out, so the validation pairs mix in "
+            "training noise (validation scores will flatter the model on that noise)")
     todo_speech = [i for i, files in enumerate(speech_shards)
-                   if not _done(out, ("speech", "valid_speech"), i, files, settings)]
+                   if not _done(out, ("speech", "valid_speech"), i, _fingerprint(files), settings)]
     if todo_noise or todo_speech:
         log(f"prepare: {len(clean_files)} clean files in {len(speech_shards)} shards ({len(todo_speech)} to do), "
             f"{len(noise_files)} noise files in {len(noise_shards)} shards ({len(todo_noise)} to do)")
     head = {"settings": settings}
     for index in _bar(todo_noise, "noise shards", progress):
-        _noise_shard(out, index, noise_shards[index], {**head, "inputs": _fingerprint(noise_shards[index])},
-                     config, features)
+        _noise_shard(out, index, noise_shards[index], {**head, "inputs": noise_inputs(noise_shards[index])},
+                     config, features, held)
     for index in _bar(todo_speech, "speech shards", progress):
         _speech_shard(out, index, speech_shards[index], {**head, "inputs": _fingerprint(speech_shards[index])},
                       config, features)
     speech = WaveStore(out / "speech", n_shards=len(speech_shards))
     noise = WaveStore(out / "noise", n_shards=len(noise_shards))
+    valid_noise = WaveStore(out / "valid_noise", n_shards=len(noise_shards))
     valid_speech = WaveStore(out / "valid_speech", n_shards=len(speech_shards))
     if speech.total_samples < features.sample_rate * config.segment_seconds:
         if valid_speech.total_samples:
@@ -224,12 +255,14 @@ def _build(out: Path, header: dict, clean_files: list[Path], noise_files: list[P
                            f"{len(clean_files)} files (see the skipped files above); add more clean speech")
     if len(noise) == 0:
         raise DatasetError("the noise corpus holds no usable (non-silent, readable) audio")
-    n_valid = write_valid_pairs(out, valid_speech, noise, config, features, settings)
+    n_valid = write_valid_pairs(out, valid_speech, valid_noise if len(valid_noise) else noise, config, features,
+                                settings)
     if n_valid < 20:
         log(f"warning: only {n_valid} validation pairs: validation scores will be noisy or missing. Hold out more "
             "speakers with --valid-fraction, or add speakers (LibriSpeech-style names SPEAKER-CHAPTER-UTT are "
             "held out by speaker, other files one by one)")
-    summary = _summarize(out, speech, valid_speech, noise, n_valid, len(speech_shards), len(noise_shards), features)
+    summary = _summarize(out, speech, valid_speech, noise, valid_noise, n_valid, len(speech_shards),
+                         len(noise_shards), features)
     _write_json(out / "dataset.json", {**header, "shards": {"speech": len(speech_shards),
                                                            "noise": len(noise_shards)}})
     return summary
@@ -270,8 +303,9 @@ def _speech_shard(out: Path, index: int, files: list[Path], head: dict, config: 
 
 
 def _noise_shard(out: Path, index: int, files: list[Path], head: dict, config: PrepareConfig,
-                 features: FeatureConfig) -> None:
-    pieces, skipped = [], []
+                 features: FeatureConfig, held: set[Path]) -> None:
+    pieces: dict[str, list] = {"noise": [], "valid_noise": []}
+    skipped = []
     for path in files:
         try:
             x = trim_silence(load_mono(path, features.sample_rate), threshold_db=-config.trim_db)
@@ -282,12 +316,13 @@ def _noise_shard(out: Path, index: int, files: list[Path], head: dict, config: P
             skipped.append({"skipped": str(path), "reason": "noise file is silent or shorter than 0.1 s"})
             continue
         x = x * (STORE_PEAK / float(np.abs(x).max()))
-        pieces.append(({"file": str(path), "group": str(path.parent), "rms": round(rms(x), 6)}, x))
-    write_shard(out / "noise", index, pieces, {**head, "skipped": skipped})
+        kind = "valid_noise" if path in held else "noise"
+        pieces[kind].append(({"file": str(path), "group": str(path.parent), "rms": round(rms(x), 6)}, x))
+    for kind, items in pieces.items():
+        write_shard(out / kind, index, items, {**head, "skipped": skipped} if kind == "noise" else head)
 
 
-def _done(out: Path, kinds: tuple[str, ...], index: int, files: list[Path], settings: str) -> bool:
-    fingerprint = _fingerprint(files)
+def _done(out: Path, kinds: tuple[str, ...], index: int, fingerprint: str, settings: str) -> bool:
     for kind in kinds:
         head = read_shard_head(out / kind, index)
         if head is None or head.get("settings") != settings or head.get("inputs") != fingerprint:
@@ -321,8 +356,8 @@ def _check_header(out: Path, header: dict) -> None:
                            "choose another --out")
 
 
-def _summarize(out: Path, speech: WaveStore, valid_speech: WaveStore, noise: WaveStore, n_valid: int,
-               n_speech: int, n_noise: int, features: FeatureConfig) -> dict:
+def _summarize(out: Path, speech: WaveStore, valid_speech: WaveStore, noise: WaveStore, valid_noise: WaveStore,
+               n_valid: int, n_speech: int, n_noise: int, features: FeatureConfig) -> dict:
     skipped = []
     for kind, n in (("speech", n_speech), ("noise", n_noise)):
         for index in range(n):
@@ -333,9 +368,11 @@ def _summarize(out: Path, speech: WaveStore, valid_speech: WaveStore, noise: Wav
         "speech_hours_train": round(sum(f["length"] for f in speech.files) / hours, 3),
         "speech_hours_valid": round(sum(f["length"] for f in valid_speech.files) / hours, 3),
         "noise_hours": round(sum(f["length"] for f in noise.files) / hours, 3),
+        "noise_hours_valid": round(sum(f["length"] for f in valid_noise.files) / hours, 3),
         "speech_files_train": len(speech),
         "speech_files_valid": len(valid_speech),
         "noise_files": len(noise),
+        "noise_files_valid": len(valid_noise),
         "valid_pairs": n_valid,
         "dropped_noisy_floor": sum(1 for s in skipped if s["reason"].startswith("noise floor only")),
         "skipped": skipped,

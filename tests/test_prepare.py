@@ -10,7 +10,7 @@ from audiodenoise.dataset import PreparedDataset
 from audiodenoise.errors import DatasetError
 from audiodenoise.features import FeatureConfig
 from audiodenoise.mixing import rms
-from audiodenoise.prepare import PrepareConfig, prepare, read_valid_pairs, speech_range_db
+from audiodenoise.prepare import PrepareConfig, held_out_noise, prepare, read_valid_pairs, speech_range_db
 from audiodenoise.store import INT16_SCALE
 
 SMALL = PrepareConfig(segment_seconds=1.0, files_per_shard=3, valid_fraction=0.3)
@@ -188,3 +188,62 @@ def test_a_corpus_whose_only_speaker_is_held_out_says_so(tmp_path, corpus):
     with pytest.raises(DatasetError, match="all usable speech fell in the validation split"):
         prepare([clean], [corpus[1]], tmp_path / "ds",
                 config=PrepareConfig.from_dict({**SMALL.to_dict(), "valid_fraction": 0.999}), **QUIET)
+
+
+def _tone_noise_corpus(root, n):
+    """``n`` noise files, each a pure tone at its own frequency (clear of mains-hum harmonics)."""
+    folder = root / "tones"
+    folder.mkdir()
+    t = np.arange(int(16000 * 1.5)) / 16000
+    freqs = {}
+    for i in range(n):
+        f = 1017.0 + 153.0 * i
+        name = f"tone{chr(ord('a') + i)}.wav"  # no take numbers: each file is its own group
+        write_audio(folder / name, (0.3 * np.sin(2 * np.pi * f * t))[None].astype(np.float32), 16000)
+        freqs[name] = f
+    return folder, freqs
+
+
+def test_validation_pairs_mix_in_held_out_noise_only(corpus, tmp_path):
+    noise, freqs = _tone_noise_corpus(tmp_path, 12)
+    config = PrepareConfig.from_dict({**SMALL.to_dict(), "valid_noise_fraction": 0.3})
+    out = tmp_path / "ds"
+    summary = prepare([corpus[0]], [noise], out, config=config, **QUIET)
+    n_shards = json.loads((out / "dataset.json").read_text())["shards"]["noise"]
+    from audiodenoise.store import WaveStore
+
+    train = {f["file"].rsplit("/", 1)[-1] for f in PreparedDataset(out).noise.files}
+    held = {f["file"].rsplit("/", 1)[-1] for f in WaveStore(out / "valid_noise", n_shards=n_shards).files}
+    assert held and train and not held & train and held | train == set(freqs)
+    assert summary["noise_files"] == len(train) and summary["noise_files_valid"] == len(held)
+    matched = set()
+    for pair in read_valid_pairs(out):
+        noisy, clean = sf.read(pair["noisy"])[0], sf.read(pair["clean"])[0]
+        spectrum = np.abs(np.fft.rfft(noisy - clean)) ** 2
+        hz = np.fft.rfftfreq(noisy.size, 1 / 16000)
+        for name, f in freqs.items():
+            if spectrum[np.abs(hz - f) < 8].sum() > 0.5 * spectrum.sum():
+                matched.add(name)
+    assert matched and matched <= held  # pairs draw on the held-out files, never on a training one
+
+
+def test_takes_of_one_sound_stay_on_one_side_of_the_noise_split():
+    from pathlib import Path
+
+    from audiodenoise.prepare import noise_group
+
+    assert noise_group(Path("/a/sfx/door_slam3.wav")) == noise_group(Path("/b/sfx/door_slam12.ogg"))
+    assert noise_group(Path("/a/sfx/door-slam 2.wav")) != noise_group(Path("/a/other/door-slam 2.wav"))
+    assert noise_group(Path("/a/sfx/42.wav")) == "noise:sfx/42"
+    files = [Path(f"/c/sfx/hit{i}.wav") for i in range(20)] + [Path(f"/c/amb/wind{chr(97 + i)}.wav") for i in range(20)]
+    held = held_out_noise(files, PrepareConfig(valid_noise_fraction=0.5))
+    assert held and len({f in held for f in files[:20]}) == 1  # all hit takes held out, or none
+
+
+def test_too_few_noise_files_hold_none_out_and_say_so(corpus, tmp_path):
+    noise, freqs = _tone_noise_corpus(tmp_path, 9)
+    messages = []
+    config = PrepareConfig.from_dict({**SMALL.to_dict(), "valid_noise_fraction": 0.5})
+    summary = prepare([corpus[0]], [noise], tmp_path / "ds", config=config, progress=False, log=messages.append)
+    assert summary["noise_files"] == 9 and summary["noise_files_valid"] == 0
+    assert any("too few to hold any out" in m for m in messages)

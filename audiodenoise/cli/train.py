@@ -23,6 +23,8 @@ def prepare(
     snr_max: Annotated[float | None, typer.Option(help="Highest SNR of the validation pairs, dB [20].")] = None,
     mixes: Annotated[int | None, typer.Option(help="Validation pairs made from each held-out segment [2].")] = None,
     valid_fraction: Annotated[float | None, typer.Option(help="Share of speakers/files held out [0.05].")] = None,
+    valid_noise_fraction: Annotated[float | None, typer.Option(
+        help="Share of noise files held out for the validation pairs (none below 10 files) [0.1].")] = None,
     min_speech_range_db: Annotated[float | None, typer.Option(
         help="Drop clean files whose noise floor is less than this many dB below the speech [20].")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed [0].")] = None,
@@ -36,6 +38,7 @@ def prepare(
     def work() -> None:
         overrides = dict(segment_seconds=segment_seconds, snr_db_min=snr_min, snr_db_max=snr_max,
                          mixes_per_segment=mixes, valid_fraction=valid_fraction, seed=seed,
+                         valid_noise_fraction=valid_noise_fraction,
                          min_speech_range_db=min_speech_range_db)
         config = PrepareConfig.from_dict({**PrepareConfig().to_dict(), **{k: v for k, v in overrides.items()
                                                                           if v is not None}})
