@@ -451,11 +451,15 @@ def _maps_torch(pid: int) -> bool:
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc to see torch being imported")
 @pytest.mark.parametrize("prog, sig", [("denoise", signal.SIGINT), ("denoise", signal.SIGTERM),
                                        ("audiodenoise", signal.SIGTERM)])
-def test_a_signal_while_torch_imports_exits_130_without_a_traceback(tmp_path, src, tiny_model_file, prog, sig):
+def test_a_signal_while_torch_imports_exits_130_without_a_traceback(tmp_path, tiny_model_file, prog, sig):
     script = Path(sys.executable).with_name(prog)
     if not script.exists():
         pytest.skip(f"the {prog} console script is not installed")
-    args = ["info", str(tiny_model_file)] if prog == "audiodenoise" else [str(src), str(tmp_path / "out.wav")]
+    # two minutes of input: on a loaded machine this process may lose the CPU between seeing torch mapped
+    # and sending the signal; the denoiser must not be able to finish first (it would exit 0)
+    long_src = write_audio(tmp_path / "long.wav", 0.05 * np.random.default_rng(0).standard_normal((1, 16000 * 120)),
+                           16000, "PCM_16")
+    args = ["info", str(tiny_model_file)] if prog == "audiodenoise" else [str(long_src), str(tmp_path / "out.wav")]
     proc = subprocess.Popen([str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         while not _maps_torch(proc.pid):  # torch's import has begun (it goes on for a while after this)
