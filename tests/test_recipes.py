@@ -31,3 +31,36 @@ def test_recipe_commands_name_existing_configs(path):
     named = re.findall(r"--config (\S+\.toml)", path.read_text())
     for name in named:
         assert (ROOT / name).is_file(), f"{path.name} documents --config {name}, which does not exist"
+
+
+def _table():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ablation_table", ROOT / "data_prep" / "ablation" / "table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_ablation_table_reads_run_logs_and_evaluate_reports(tmp_path):
+    run = tmp_path / "arm"
+    run.mkdir()
+    (run / "log.csv").write_text("epoch,step,valid_loss,valid_loss_ema,seconds\n1,400,0.03,nan,600\n"
+                                 "2,800,0.02,0.025,1230\n3,1200,0.021,0.019,1800\n")
+    ci = {"mean": 0.0}
+
+    def stats(pesq, nr):
+        return {"processed": {"pesq_wb": {"mean": pesq}, "stoi": {"mean": 0.84}, "si_sdr": {"mean": 11.04}},
+                "noise_removed_db": {"mean": nr}, "speech_distortion_db": ci}
+
+    files = [{"group": "high", "noisy": {"si_sdr": 14.0}, "systems": {"m": {"processed": {"si_sdr": s}}}}
+             for s in (15.0, 13.0, 14.5, 16.0)]
+    report = {"systems": [{"name": "m", "stats": stats(2.0, 9.0),
+                           "groups": {"low": {"stats": stats(1.4, 12.5)}, "high": {"stats": stats(2.5, 7.0)}}}],
+              "files": files}
+    row = _table().run_row(run, report).strip("| ").split(" | ")
+    assert row[:5] == ["arm", "1200", "30", "0.02000", "0.01900"]  # best raw and EMA, the last step and clock
+    assert row[5] == "2.00 / 0.840 / 11.0"
+    assert row[6] == "9.0 (12.5 / - / 7.0)"  # a group without pairs shows "-"
+    assert row[8] == "75 % of 4"
+    assert _table().run_row(run).endswith("| - | - | - | - |")
