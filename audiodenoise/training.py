@@ -20,6 +20,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -99,6 +100,14 @@ def with_clean_inputs(noisy: np.ndarray, clean: np.ndarray, prob: float, *, seed
         return noisy
     swap = np.random.default_rng([seed, step, rank, 1]).random(noisy.shape[0]) < prob
     return np.where(swap[:, None], clean, noisy)
+
+
+def _compiled(net: torch.nn.Module, log: Callable[[str], None]) -> torch.nn.Module:
+    """``torch.compile(net)`` for the training steps; inductor's CPU backend needs a C++ compiler."""
+    if not any(shutil.which(cc) for cc in ("c++", "g++", "clang++")):
+        log("train: compile = true needs a C++ compiler (g++ or clang++); training uncompiled")
+        return net
+    return torch.compile(net)
 
 
 def make_ema(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
@@ -185,12 +194,15 @@ def fit(
     mixer = Mixer(data.speech, data.noise, config.mix, sample_rate=features.sample_rate, seed=config.seed)
     step_fn = Step(config, features, dev)
     net = torch.nn.parallel.DistributedDataParallel(model) if ddp.world > 1 else model
+    if config.compile:
+        net = _compiled(net, log)
     if ddp.main:
         mode = f"a fixed pool of {config.mix.pool_size}" if config.mix.pool_size else "fresh"
         log(f"train: {data.speech.total_samples / features.sample_rate / 3600:.2f} h of training speech, "
             f"{len(data.noise)} noise files, {len(valid)} validation pairs, {mode} mixtures; "
             f"{count_parameters(model)} parameters, {total_steps} steps ({config.steps_per_epoch} per epoch), "
-            f"{step_fn.precision}, {'EMA ' + str(config.ema_decay) if ema else 'no EMA'}, "
+            f"{step_fn.precision}{', compiled' if net is not model else ''}, "
+            f"{'EMA ' + str(config.ema_decay) if ema else 'no EMA'}, "
             f"{ddp.world} process(es) on {dev}")
     bar = _bar(total_steps, state["step"], progress and ddp.main)
     step = state["step"]

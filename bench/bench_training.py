@@ -54,6 +54,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--batch-size", type=int, help="default: the config's (16)")
     parser.add_argument("--bf16", action="store_true", help="also time bf16 where it is not the default")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the default precision through torch.compile (compilation not counted)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     default = resolve_precision("auto", torch.device("cpu"))
@@ -65,12 +67,14 @@ def main() -> None:
         config = dataclasses.replace(config, batch_size=args.batch_size or config.batch_size)
         mixer = Mixer(data.speech, data.noise, config.mix, sample_rate=data.features.sample_rate, seed=0)
         runs = {}
-        for precision in precisions:
+        for label in precisions + ([f"{default}+compile"] if args.compile else []):
             torch.manual_seed(0)
             model = DenoisingAutoencoder(config.model).train()
+            precision = label.split("+")[0]
             step = Step(dataclasses.replace(config, precision=precision), data.features, torch.device("cpu"))
-            runs[precision] = (model, torch.optim.AdamW(model.parameters(), lr=config.lr), step)
-        times = {p: {"mix": 0.0, "total": 0.0} for p in precisions}
+            net = torch.compile(model) if label.endswith("+compile") else model
+            runs[label] = (net, torch.optim.AdamW(model.parameters(), lr=config.lr), step)
+        times = {label: {"mix": 0.0, "total": 0.0} for label in runs}
         for i in range(args.steps + 2):
             for precision, (model, optimizer, step) in runs.items():
                 t0 = time.perf_counter()
@@ -80,11 +84,12 @@ def main() -> None:
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-                if i >= 2:  # the first steps warm up the allocator and oneDNN
+                if i >= 2:  # the first steps warm up the allocator and oneDNN (and compile)
                     times[precision]["mix"] += t1 - t0
                     times[precision]["total"] += time.perf_counter() - t0
         seconds = config.batch_size * config.mix.segment_seconds * args.steps
-        print(f"model: {config.model.layout} {list(config.model.channels)}, {count_parameters(runs['fp32'][0])} "
+        print(f"model: {config.model.layout} {list(config.model.channels)}, "
+              f"{count_parameters(DenoisingAutoencoder(config.model))} "
               f"parameters, loss {config.loss}, batch {config.batch_size} x "
               f"{config.mix.segment_seconds:g} s, {args.threads} thread(s), {args.steps} steps, dataset {dataset}")
         print(f"CPU bf16 support: {'yes' if cpu_has_bf16() else 'no'}; default precision here: {default}"

@@ -346,3 +346,29 @@ def test_export_never_replaces_a_checkpoint_and_refuses_a_folder(dataset, tmp_pa
         export_checkpoint(run, tmp_path, overwrite=True)
     r = _cli("export", str(run), str(tmp_path))
     assert r.returncode == 1 and "is a folder" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_compiled_training_steps_match_eager_ones(dataset, tmp_path):
+    losses, messages = {}, []
+    for compiled in (False, True):
+        run = tmp_path / f"compiled-{compiled}"
+        fit(dataset, run, dataclasses.replace(TINY_TRAIN, compile=compiled, epochs=1, steps_per_epoch=4),
+            progress=False, log=messages.append)
+        losses[compiled] = float(list(csv.DictReader((run / "log.csv").open()))[-1]["valid_loss"])
+        assert load_model(run / "model.safetensors").info["step"] == 4
+    assert any(", compiled," in m for m in messages)
+    assert abs(losses[True] - losses[False]) < 0.01 * losses[False]
+
+
+def test_compile_without_a_cpp_compiler_trains_uncompiled_and_says_so(dataset, tmp_path, monkeypatch):
+    import audiodenoise.training as training
+
+    monkeypatch.setattr(training.shutil, "which", lambda name: None)
+    messages = []
+    fit(dataset, tmp_path / "run", dataclasses.replace(TINY_TRAIN, compile=True, epochs=1, steps_per_epoch=2),
+        progress=False, log=messages.append)
+    assert any("needs a C++ compiler" in m for m in messages)
+    assert not any(", compiled," in m for m in messages)
+    assert (tmp_path / "run" / "model.safetensors").is_file()

@@ -79,6 +79,8 @@ def train(
     ] = None,
     precision: Annotated[str | None, typer.Option(
         help="auto (bf16 where the CPU has native bf16, else fp32), fp32 or bf16 [auto].")] = None,
+    compile_steps: Annotated[bool | None, typer.Option(
+        "--compile/--no-compile", help="Run the training steps through torch.compile [no].")] = None,
     ema_decay: Annotated[float | None, typer.Option(help="Weight EMA decay, 0 for none [0.999].")] = None,
     checkpoint_every: Annotated[int | None, typer.Option(help="Steps between checkpoints [500].")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed [0].")] = None,
@@ -100,7 +102,7 @@ def train(
             torch.set_num_threads(threads)
         overrides = dict(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr, loss=loss,
                          checkpoint_every=checkpoint_every, seed=seed, clean_input_prob=clean_input_prob,
-                         precision=precision, ema_decay=ema_decay)
+                         precision=precision, ema_decay=ema_decay, compile=compile_steps)
         overrides = {k: v for k, v in overrides.items() if v is not None}
         if resume and config is not None:
             raise ConfigError("--resume uses the run's saved config; give changes as options, not --config")
