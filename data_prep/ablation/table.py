@@ -2,7 +2,8 @@
 
     python data_prep/ablation/table.py runs/ladder-v01 runs/ladder-fresh ... [--eval RUN=EVAL.json ...]
 
-One row per run: steps reached, training minutes (``log.csv``'s clock, validation included), the best
+One row per run: steps reached, training minutes (``log.csv``'s clock, validation included; it restarts
+at a ``--resume``, so a resumed run's minutes are those since its last start), the best
 validation loss of the raw and of the EMA weights (in the run's own loss and precision), and, where an
 ``audiodenoise evaluate -o EVAL.json`` of the run's exported model is given, PESQ-WB / STOI / SI-SDR on
 those pairs, noise removed and speech distortion (low / mid / high SNR), and the share of high-SNR
