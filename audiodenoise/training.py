@@ -194,6 +194,7 @@ def fit(
     mixer = Mixer(data.speech, data.noise, config.mix, sample_rate=features.sample_rate, seed=config.seed)
     step_fn = Step(config, features, dev)
     net = torch.nn.parallel.DistributedDataParallel(model) if ddp.world > 1 else model
+    eager = net
     if config.compile:
         net = _compiled(net, log)
     if ddp.main:
@@ -201,7 +202,7 @@ def fit(
         log(f"train: {data.speech.total_samples / features.sample_rate / 3600:.2f} h of training speech, "
             f"{len(data.noise)} noise files, {len(valid)} validation pairs, {mode} mixtures; "
             f"{count_parameters(model)} parameters, {total_steps} steps ({config.steps_per_epoch} per epoch), "
-            f"{step_fn.precision}{', compiled' if net is not model else ''}, "
+            f"{step_fn.precision}{', compiled' if net is not eager else ''}, "
             f"{'EMA ' + str(config.ema_decay) if ema else 'no EMA'}, "
             f"{ddp.world} process(es) on {dev}")
     bar = _bar(total_steps, state["step"], progress and ddp.main)
