@@ -1,8 +1,7 @@
 """A model file's card (``audiodenoise info``): what it is, how it was trained, how good it is.
 
-The facts come from the model file's metadata (``save_model(info=...)``). For
-the shipped model, keys its file does not hold yet are read from
-``model-info.json`` beside it. Keys this card reads from ``info``:
+The facts come from the model file's metadata (``save_model(info=...)``; the shipped model's are
+written by ``data_prep/ship.py``). Keys this card reads from ``info``:
 ``name``, ``total_steps`` (else ``step``), ``batch``, ``hours_seen``,
 ``hardware``, ``licence``, ``training_data`` (a list of ``{kind, source,
 hours, licence}``) and ``dev_scores`` (``{set, noisy: {pesq_wb, stoi,
@@ -11,7 +10,6 @@ si_sdr}, model: {...}, rtf}``).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -20,9 +18,7 @@ from . import __version__
 from .api import Denoiser
 from .checkpoint import sha256_file
 from .model import count_parameters
-from .shipped import PRETRAINED_FILE, pretrained_path, pretrained_resource, pretrained_sha256
-
-SIDECAR_FILE = "model-info.json"
+from .shipped import PRETRAINED_FILE, pretrained_path, pretrained_sha256
 
 
 def model_card(path: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -37,8 +33,6 @@ def model_card(path: str | os.PathLike | None = None) -> dict[str, Any]:
     model_file = pretrained_path() if path is None else Path(path)
     denoiser = Denoiser.from_pretrained(device="cpu") if shipped else Denoiser.from_file(model_file, device="cpu")
     info = dict(denoiser.info)
-    if shipped:
-        info = {**_sidecar(), **info}
     digest = sha256_file(model_file)
     expected = pretrained_sha256() if shipped else _expected_sha256(model_file)
     model_config, features = denoiser.model.config, denoiser.features
@@ -57,16 +51,6 @@ def model_card(path: str | os.PathLike | None = None) -> dict[str, Any]:
         "features": features.to_dict(),
         "info": info,
     }
-
-
-def _sidecar() -> dict[str, Any]:
-    """The shipped model's ``model-info.json`` (empty if this installation lacks it)."""
-    try:
-        data = json.loads(pretrained_resource(SIDECAR_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    data.pop("about", None)
-    return data
 
 
 def _expected_sha256(path: Path) -> str | None:

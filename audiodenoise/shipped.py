@@ -16,7 +16,7 @@ PRETRAINED_FILE = "model.safetensors"
 
 
 def pretrained_resource(name: str) -> Traversable:
-    """The file ``name`` beside the shipped model in the installed package (``model-info.json``, ...)."""
+    """The file ``name`` beside the shipped model in the installed package (its checksum, ``MODEL_CARD.md``, ...)."""
     return resources.files(PRETRAINED_PACKAGE).joinpath(name)
 
 

@@ -11,7 +11,7 @@ from conftest import make_model
 from typer.testing import CliRunner
 
 from audiodenoise.api import pretrained_sha256
-from audiodenoise.card import SIDECAR_FILE, model_card
+from audiodenoise.card import model_card
 from audiodenoise.checkpoint import save_model
 from audiodenoise.cli.main import app
 from audiodenoise.features import FeatureConfig
@@ -29,10 +29,10 @@ def test_shipped_model_card_answers_what_it_is_and_how_good_in_under_20_lines():
     lines = text.strip().splitlines()
     assert len(lines) < 20
     assert "1,253,767 parameters" in text
-    assert "7,800 steps" in text and "139 h of audio seen" in text  # not the last stage's "step 2000"
+    assert "18,120 steps" in text and "322 h of audio seen" in text  # not the last stage's "step 6600"
     assert "non-causal" in text and "0.57 s" in text
     assert "CC BY 4.0" in text and "GPL" in text  # training data licences
-    assert "PESQ-WB 1.69 (noisy 1.44)" in text and "SI-SDR 7.6 dB (noisy 5.0)" in text
+    assert "PESQ-WB 1.73 (noisy 1.44)" in text and "SI-SDR 7.9 dB (noisy 5.0)" in text
     assert f"{pretrained_sha256()[:16]}... verified" in text
 
 
@@ -41,8 +41,8 @@ def test_json_is_the_full_metadata():
     assert code == 0, text
     card = json.loads(text)
     assert card["sha256"] == pretrained_sha256() and card["checksum"] == "verified"
-    assert card["info"]["total_steps"] == 7800 and card["info"]["step"] == 2000  # the file's own keys kept
-    assert card["info"]["train_config"]["lr"] == 0.0003
+    assert card["info"]["total_steps"] == 18120 and card["info"]["step"] == 6600  # the run's own keys kept
+    assert card["info"]["train_config"]["lr"] == 0.0008 and card["info"]["weights"] == "ema"
     assert card["model"]["channels"] == [256, 128] and card["features"]["n_fft"] == 512
 
 
@@ -89,16 +89,15 @@ def test_a_missing_model_file_is_one_line_and_exit_1(tmp_path):
     assert code == 1 and "not found" in text and text.count("\n") == 1
 
 
-def test_the_shipped_sidecar_is_found_through_audiodenoise_shipped(tmp_path, monkeypatch):
+def test_the_shipped_model_is_found_through_audiodenoise_shipped(tmp_path, monkeypatch):
     # one source of truth for where the shipped model lives: patching audiodenoise.shipped moves the card too
     package = tmp_path / "relocated_install"
     package.mkdir()
     (package / "__init__.py").write_text("")
     for name in (PRETRAINED_FILE, PRETRAINED_FILE + ".sha256"):
         shutil.copyfile(pretrained_path().with_name(name), package / name)
-    (package / SIDECAR_FILE).write_text(json.dumps({"sidecar_probe": "relocated"}))
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr("audiodenoise.shipped.PRETRAINED_PACKAGE", package.name)
     card = model_card()
     assert card["shipped"] and Path(card["model_file"]).parent == package
-    assert card["info"]["sidecar_probe"] == "relocated"
+    assert card["checksum"] == "verified" and card["info"]["total_steps"] == 18120

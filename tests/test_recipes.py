@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from pathlib import Path
 
 import pytest
+import torch
+from conftest import make_model
 
+from audiodenoise.checkpoint import load_model, save_model
+from audiodenoise.features import FeatureConfig
 from audiodenoise.model import DenoisingAutoencoder
 from audiodenoise.training import load_config
 
@@ -33,13 +39,17 @@ def test_recipe_commands_name_existing_configs(path):
         assert (ROOT / name).is_file(), f"{path.name} documents --config {name}, which does not exist"
 
 
-def _table():
+def _script(relative: str):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("ablation_table", ROOT / "data_prep" / "ablation" / "table.py")
+    spec = importlib.util.spec_from_file_location(Path(relative).stem, ROOT / relative)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _table():
+    return _script("data_prep/ablation/table.py")
 
 
 def test_the_ablation_table_reads_run_logs_and_evaluate_reports(tmp_path):
@@ -64,3 +74,29 @@ def test_the_ablation_table_reads_run_logs_and_evaluate_reports(tmp_path):
     assert row[6] == "9.0 (12.5 / - / 7.0)"  # a group without pairs shows "-"
     assert row[8] == "75 % of 4"
     assert _table().run_row(run).endswith("| - | - | - | - |")
+
+
+def test_ship_writes_the_weights_with_the_card_facts_and_a_bare_checksum(tmp_path):
+    weights = tmp_path / "run.safetensors"
+    model = make_model()
+    save_model(weights, model, FeatureConfig(), info={"step": 600, "valid_loss": 0.014, "name": "run name"})
+    out = tmp_path / "shipped" / "model.safetensors"
+    out.parent.mkdir()
+    digest = _script("data_prep/ship.py").ship(weights, {"name": "v9", "total_steps": 1800}, out)
+    assert (out.parent / "model.safetensors.sha256").read_text() == digest + "\n"  # what pretrained_sha256 reads
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == digest
+    shipped = load_model(out, sha256=digest)
+    assert shipped.info == {"step": 600, "valid_loss": 0.014, "name": "v9", "total_steps": 1800}  # facts win
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, shipped.model.state_dict()[key])
+
+
+def test_the_shipped_models_facts_are_in_data_prep():
+    # data_prep/shipped/ holds the facts of each model that shipped (by its name); the shipped file carries them
+    from audiodenoise.shipped import pretrained_path
+
+    info = load_model(pretrained_path()).info
+    facts = [json.loads(p.read_text()) for p in sorted((ROOT / "data_prep" / "shipped").glob("*.json"))]
+    matching = [f for f in facts if f["name"] == info["name"]]
+    assert len(matching) == 1, f"no single facts file in data_prep/shipped/ names {info['name']!r}"
+    assert {key: info[key] for key in matching[0]} == matching[0]
