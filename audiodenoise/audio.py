@@ -290,6 +290,9 @@ class AtomicWriter:
         except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
             self._tmp.unlink(missing_ok=True)
             raise AudioError(f"{self.path}: cannot write {self.format}/{self.subtype} ({_reason(exc)})") from None
+        except BaseException:  # Ctrl-C while the file is being opened: the with block never starts
+            self._tmp.unlink(missing_ok=True)
+            raise
         return self
 
     def write(self, block: np.ndarray) -> None:
@@ -319,6 +322,9 @@ class AtomicWriter:
             if exc_type is None:
                 self._tmp.unlink(missing_ok=True)
                 raise AudioError(f"{self.path}: write failed ({self._write_reason(close_exc)})") from None
+        except BaseException:  # Ctrl-C while the last block is flushed
+            self._tmp.unlink(missing_ok=True)
+            raise
         if exc_type is not None:
             self._tmp.unlink(missing_ok=True)
             return

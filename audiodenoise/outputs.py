@@ -209,8 +209,12 @@ def make_temp(path: PathLike, *, suffix: str = TEMP_SUFFIX) -> Path:
         fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix, dir=folder)
     except OSError as exc:
         raise OutputError(f"{display(path)}: cannot write to {display(folder)} ({exc.strerror or exc})") from None
-    os.close(fd)
-    return Path(tmp)
+    try:
+        os.close(fd)
+        return Path(tmp)
+    except BaseException:  # Ctrl-C between creating and returning it: nobody else knows its name
+        os.unlink(tmp)
+        raise
 
 
 def commit(tmp: PathLike, path: PathLike, *, fsync: bool = False) -> None:

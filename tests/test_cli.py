@@ -460,7 +460,10 @@ def test_a_signal_while_torch_imports_exits_130_without_a_traceback(tmp_path, ti
     long_src = write_audio(tmp_path / "long.wav", 0.05 * np.random.default_rng(0).standard_normal((1, 16000 * 120)),
                            16000, "PCM_16")
     args = ["info", str(tiny_model_file)] if prog == "audiodenoise" else [str(long_src), str(tmp_path / "out.wav")]
-    proc = subprocess.Popen([str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a runner started as a background job passes SIGINT on as ignored, which the command rightly keeps
+    # ignoring: start it with the default disposition a foreground terminal gives
+    proc = subprocess.Popen([str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         while not _maps_torch(proc.pid):  # torch's import has begun (it goes on for a while after this)
             assert proc.poll() is None, proc.communicate()

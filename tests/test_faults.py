@@ -214,6 +214,47 @@ def test_sigkill_never_leaves_a_partial_output_and_a_batch_sweeps_the_temp_file(
     assert src.read_bytes() == before
 
 
+def test_ctrl_c_while_the_output_is_being_opened_leaves_no_temp_file(tmp_path, monkeypatch):
+    # the window the signal tests hit on a loaded machine: the temp file exists (header written), the
+    # with block has not begun, so only AtomicWriter.__enter__ can remove it
+    from audiodenoise import audio
+
+    real_open = audio.open_sound
+
+    def open_then_interrupt(path, *args, **kwargs):
+        real_open(path, *args, **kwargs).close()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(audio, "open_sound", open_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        with audio.AtomicWriter(tmp_path / "out.wav", sample_rate=16000, channels=1, format="WAV", subtype="PCM_16"):
+            pass
+    assert os.listdir(tmp_path) == []
+
+
+def test_ctrl_c_while_the_output_is_closed_leaves_no_temp_file(tmp_path, monkeypatch):
+    from audiodenoise import audio
+
+    writer = audio.AtomicWriter(tmp_path / "out.wav", sample_rate=16000, channels=1, format="WAV", subtype="PCM_16")
+    with pytest.raises(KeyboardInterrupt):
+        with writer:
+            writer.write(np.zeros((1, 160), np.float32))
+            real_close = writer._fh.close
+            monkeypatch.setattr(writer._fh, "close", lambda: (real_close(), (_ for _ in ()).throw(KeyboardInterrupt)))
+    assert os.listdir(tmp_path) == []
+
+
+def test_ctrl_c_right_after_the_temp_file_is_made_removes_it(tmp_path, monkeypatch):
+    from audiodenoise import outputs
+
+    real_close = os.close
+    monkeypatch.setattr(outputs.os, "close", lambda fd: (real_close(fd), (_ for _ in ()).throw(KeyboardInterrupt)))
+    with pytest.raises(KeyboardInterrupt):
+        outputs.make_temp(tmp_path / "out.wav", suffix=outputs.AUDIO_TEMP_SUFFIX)
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
 def test_sigint_or_sigterm_exits_130_and_leaves_nothing(long_input, tiny_model_file, sig):
     src, out = long_input
