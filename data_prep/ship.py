@@ -27,9 +27,9 @@ def ship(weights: Path, facts: dict, out: Path) -> str:
     """Write ``out`` (weights of ``weights``, info merged with ``facts``) and ``out.sha256``; return the digest."""
     loaded = load_model(weights)
     save_model(out, loaded.model, loaded.features, info={**loaded.info, **facts})
-    shipped = load_model(out)
+    shipped = load_model(out).model.state_dict()
     for key, value in loaded.model.state_dict().items():
-        if not torch.equal(value, shipped.model.state_dict()[key]):
+        if not torch.equal(value, shipped[key]):
             raise SystemExit(f"error: {key} changed on the way to {out}")
     digest = sha256_file(out)
     atomic_write_bytes(out.with_name(out.name + ".sha256"), (digest + "\n").encode())
