@@ -7,8 +7,9 @@ All terms are computed in float32, whatever precision the model ran in.
 - ``compressed_mag+complex``: 0.7 x that + 0.3 x the MSE of the compressed
   complex spectra (the noisy phase against the clean phase, as GTCRN's and
   Braun & Tashev's phase-aware terms);
-- ``compressed_mag+sisdr``: the magnitude term + 0.001 x negative SI-SDR (dB)
-  of the waveform resynthesised with the noisy phase;
+- ``compressed_mag+sisdr``: the magnitude term + ``sisdr_weight`` (0.001 by
+  default) x negative SI-SDR (dB) of the waveform resynthesised with the
+  noisy phase;
 - ``log_mag_l1``, ``compressed_mag+log``: the v0.1 alternatives.
 """
 
@@ -23,7 +24,7 @@ _EPS = 1e-6
 
 
 def loss_fn(mask: torch.Tensor, noisy_spec: torch.Tensor, clean_spec: torch.Tensor, clean_wav: torch.Tensor, *,
-            loss: str, compress_power: float, features: FeatureConfig) -> torch.Tensor:
+            loss: str, compress_power: float, features: FeatureConfig, sisdr_weight: float = 0.001) -> torch.Tensor:
     """The training loss.
 
     Parameters
@@ -46,7 +47,7 @@ def loss_fn(mask: torch.Tensor, noisy_spec: torch.Tensor, clean_spec: torch.Tens
         return 0.7 * mag_term + 0.3 * torch.mean(torch.abs(est_c - clean_c) ** 2)
     if loss == "compressed_mag+sisdr":
         est_wav = istft(mask * noisy_spec, config=features, length=clean_wav.shape[-1])
-        return mag_term - 0.001 * si_sdr_db(est_wav, clean_wav)
+        return mag_term - sisdr_weight * si_sdr_db(est_wav, clean_wav)
     log_term = torch.mean(torch.abs(torch.log(est_mag + features.log_eps) - torch.log(clean_mag + features.log_eps)))
     if loss == "log_mag_l1":
         return log_term

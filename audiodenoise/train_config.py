@@ -43,6 +43,7 @@ class TrainConfig:
     grad_clip: float = 5.0
     loss: str = "compressed_mag"
     compress_power: float = 0.3
+    sisdr_weight: float = 0.001  # of the SI-SDR term in loss "compressed_mag+sisdr", per dB
     clean_input_prob: float = 0.1
     precision: str = "auto"
     compile: bool = False
@@ -63,6 +64,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
+        if not self.sisdr_weight >= 0:
+            raise ConfigError(f"sisdr_weight must be at least 0, got {self.sisdr_weight}")
         if not 0 <= self.clean_input_prob <= 1:
             raise ConfigError(f"clean_input_prob must be in [0, 1], got {self.clean_input_prob}")
         if not 0 <= self.ema_decay < 1:

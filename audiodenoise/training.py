@@ -36,6 +36,8 @@ from .checkpoint import load_model, save_model
 from .dataset import PreparedDataset, ValidPairs
 from .errors import ConfigError, TrainingError
 from .features import FeatureConfig, log_magnitude, stft
+from .growth import check_growable
+from .growth import grow as grow_model
 from .losses import loss_fn
 from .mixer import Mixer
 from .model import DenoisingAutoencoder, count_parameters
@@ -87,7 +89,8 @@ class Step:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             mask = model(inputs)
         return loss_fn(mask.float(), noisy_spec, clean_spec, clean, loss=self.config.loss,
-                       compress_power=self.config.compress_power, features=self.features)
+                       compress_power=self.config.compress_power, features=self.features,
+                       sisdr_weight=self.config.sisdr_weight)
 
 
 def with_clean_inputs(noisy: np.ndarray, clean: np.ndarray, prob: float, *, seed: int, step: int,
@@ -129,6 +132,7 @@ def fit(
     resume: bool = False,
     overrides: dict | None = None,
     init: str | os.PathLike | None = None,
+    grow: bool = False,
     device: str = "cpu",
     progress: bool = True,
     stop_after: int | None = None,
@@ -139,7 +143,11 @@ def fit(
     With ``resume``, the run's saved config is used, with ``overrides`` (e.g.
     more epochs) applied on top. ``stop_after`` ends the run after that step
     (writing a checkpoint there), as if it had been stopped; resume it later.
+    ``init`` starts from a model file's weights and architecture; with
+    ``grow``, in the config's deeper architecture instead (:mod:`.growth`).
     """
+    if grow and init is None:
+        raise ConfigError("--grow needs --init MODEL (the model file to grow)")
     if stop_after is not None and stop_after < 1:
         raise ConfigError(f"--stop-after must be at least 1, got {stop_after}")
     run_dir = Path(run_dir)
@@ -164,11 +172,17 @@ def fit(
         init_model = load_model(init)
         if init_model.features != features:
             raise TrainingError(f"{init}: made with another feature configuration than {dataset_dir}")
-        config = dataclasses.replace(config, model=init_model.model.config)
+        if grow:
+            check_growable(init_model.model.config, config.model)
+        else:
+            config = dataclasses.replace(config, model=init_model.model.config)
     if config.model.n_freqs != features.n_freqs:
         raise TrainingError(f"model has {config.model.n_freqs} bins, the dataset {features.n_freqs}")
     model = DenoisingAutoencoder(config.model).to(dev)
-    if init_model is not None:
+    if init_model is not None and grow:
+        added = grow_model(model, init_model.model)
+        log(f"train: grew {init} by {len(added)} bottleneck block(s), starting as the identity")
+    elif init_model is not None:
         model.load_state_dict(init_model.model.state_dict())
     ema = make_ema(model, config.ema_decay)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)

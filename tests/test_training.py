@@ -304,6 +304,29 @@ def test_losses_are_zero_for_a_perfect_mask():
     assert si_sdr_db(torch.zeros(1, 100), torch.zeros(1, 100)) == 0  # silent targets are left out
 
 
+def test_sisdr_weight_scales_the_sisdr_term():
+    from audiodenoise.errors import ConfigError
+    from audiodenoise.features import FeatureConfig, istft, stft
+    from audiodenoise.losses import loss_fn, si_sdr_db
+
+    features = FeatureConfig()
+    clean = torch.from_numpy(speech_like(16000, 1.0)[None, 0])
+    noisy = clean + 0.1 * torch.from_numpy(np.random.default_rng(0).standard_normal(clean.shape).astype(np.float32))
+    noisy_spec, clean_spec = stft(noisy, config=features), stft(clean, config=features)
+    mask = torch.full(noisy_spec.shape, 0.8)
+
+    def loss(name, **kw):
+        return loss_fn(mask, noisy_spec, clean_spec, clean, loss=name, compress_power=0.3, features=features, **kw)
+
+    si_sdr = si_sdr_db(istft(mask * noisy_spec, config=features, length=clean.shape[-1]), clean)
+    mag = loss("compressed_mag")
+    assert torch.isclose(loss("compressed_mag+sisdr", sisdr_weight=0.0), mag)
+    assert torch.isclose(loss("compressed_mag+sisdr", sisdr_weight=0.0004), mag - 0.0004 * si_sdr)
+    assert torch.isclose(loss("compressed_mag+sisdr"), mag - 0.001 * si_sdr)  # the default weight
+    with pytest.raises(ConfigError, match="sisdr_weight must be at least 0"):
+        TrainConfig(sisdr_weight=-1.0)
+
+
 def test_a_corpus_without_validation_pairs_still_ends_with_a_model(tmp_path):
     clean, noise = tmp_path / "clean", tmp_path / "noise"
     clean.mkdir()

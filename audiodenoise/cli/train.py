@@ -66,7 +66,12 @@ def train(
     stop_after: Annotated[
         int | None, typer.Option(help="Stop after this step (checkpointed); continue later with --resume.")
     ] = None,
-    init: Annotated[Path | None, typer.Option(help="Start from this model file (fine-tuning).")] = None,
+    init: Annotated[
+        Path | None, typer.Option(metavar="MODEL", help="Start from this model file (fine-tuning).")
+    ] = None,
+    grow: Annotated[bool, typer.Option(
+        help="With --init: build the config's deeper model (bottleneck blocks appended) instead of the file's; "
+             "the new blocks start as the identity.")] = False,
     epochs: Annotated[int | None, typer.Option(help="Epochs [10].")] = None,
     steps_per_epoch: Annotated[int | None, typer.Option(help="Steps per epoch (0: one pass) [0].")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Pairs per step and process [16].")] = None,
@@ -107,7 +112,7 @@ def train(
         if resume and config is not None:
             raise ConfigError("--resume uses the run's saved config; give changes as options, not --config")
         cfg = None if resume else load_config(config, overrides)
-        model = fit(dataset, out, cfg, resume=resume, overrides=overrides, init=init,
+        model = fit(dataset, out, cfg, resume=resume, overrides=overrides, init=init, grow=grow,
                     device=resolve_device(device).type, progress=not quiet, stop_after=stop_after)
         if not quiet:
             if model.is_file():

@@ -1,0 +1,70 @@
+"""Growing a trained model into a deeper one without losing what it learnt.
+
+``train --init MODEL --grow`` builds the recipe's architecture instead of the
+model file's, copies the file's weights into it and starts every added layer
+as the identity, so step 0 of the grown model denoises exactly as the file
+does and training only has to learn what the new layers add. This lets the
+architecture grow on a CPU without paying again for the hundreds of hours of
+audio the smaller model has seen.
+
+What can grow: more residual blocks appended to the bottleneck (longer
+``bottleneck_dilations`` that start with the file's). Each added block's
+BatchNorm starts with zero scale and shift, so its residual branch outputs
+zero (the "zero-gamma" start of residual networks); the scale gets a gradient
+at the first step and the block comes alive from there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from .errors import ConfigError
+from .model import DenoisingAutoencoder, ModelConfig
+
+
+def check_growable(small: ModelConfig, big: ModelConfig) -> int:
+    """How many bottleneck blocks ``big`` adds to ``small``; ConfigError if it is not a grown ``small``."""
+    head = tuple(big.bottleneck_dilations[: len(small.bottleneck_dilations)])
+    same_otherwise = dataclasses.replace(big, bottleneck_dilations=small.bottleneck_dilations) == small
+    if not same_otherwise or head != tuple(small.bottleneck_dilations):
+        raise ConfigError(
+            "--grow: the recipe's model must be the model file's with bottleneck blocks appended "
+            f"(bottleneck_dilations starting with {list(small.bottleneck_dilations)}, all else equal); "
+            f"file {_describe(small)}, recipe {_describe(big)}"
+        )
+    added = len(big.bottleneck_dilations) - len(small.bottleneck_dilations)
+    if added < 1:
+        raise ConfigError(f"--grow: the recipe's model adds no bottleneck block to the model file's "
+                          f"({_describe(small)})")
+    return added
+
+
+def grow(model: DenoisingAutoencoder, source: DenoisingAutoencoder) -> list[str]:
+    """Load ``source``'s weights into the deeper ``model``; the added blocks start as the identity.
+
+    Returns the names of the added blocks (``bottleneck.N``).
+    """
+    added = check_growable(source.config, model.config)
+    result = model.load_state_dict(source.state_dict(), strict=False)
+    if result.unexpected_keys:  # cannot happen for a config check_growable accepted
+        raise ConfigError(f"--grow: the model file has weights the grown model lacks: {result.unexpected_keys[:3]}")
+    first = len(source.config.bottleneck_dilations)
+    names = [f"bottleneck.{i}" for i in range(first, first + added)]
+    blocks = [model.bottleneck[i] for i in range(first, first + added)]
+    with torch.no_grad():
+        for block in blocks:
+            norm = block.body[-1]
+            norm.weight.zero_()
+            norm.bias.zero_()
+    prefixes = tuple(n + "." for n in names)
+    stray = [k for k in result.missing_keys if not k.startswith(prefixes)]
+    if stray:
+        raise ConfigError(f"--grow: the model file lacks weights the grown model needs: {stray[:3]}")
+    return names
+
+
+def _describe(config: ModelConfig) -> str:
+    return (f"layout {config.layout}, channels {list(config.channels)}, "
+            f"bottleneck_dilations {list(config.bottleneck_dilations)}")
