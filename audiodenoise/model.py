@@ -28,6 +28,7 @@ processed in chunks with the same result as one pass.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -225,3 +226,32 @@ def _match_freq(x: torch.Tensor, n_freqs: int) -> torch.Tensor:
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def macs_per_second(model: DenoisingAutoencoder, frames_per_second: float, *, frames: int = 256) -> float:
+    """Multiply-accumulates of the convolutions per second of audio (BatchNorm, activations not counted).
+
+    Counted on a forward pass over ``frames`` frames, then scaled to
+    ``frames_per_second`` (the feature grid's frame rate, ``sample_rate / hop``).
+    """
+    counts: list[int] = []
+
+    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        kernel = math.prod(module.kernel_size)
+        if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d)):
+            counts.append(inputs[0][0].numel() * module.out_channels // module.groups * kernel)
+        else:
+            counts.append(output[0].numel() * module.in_channels // module.groups * kernel)
+
+    convs = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d)
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, convs)]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, model.config.n_freqs, frames))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return sum(counts) / frames * frames_per_second

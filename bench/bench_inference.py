@@ -163,12 +163,14 @@ def main() -> None:
             shutil.rmtree(workdir, ignore_errors=True)
 
     import audiodenoise
-    from audiodenoise.model import count_parameters
+    from audiodenoise.model import count_parameters, macs_per_second
 
+    features = denoiser.features
+    macs = macs_per_second(denoiser.model, features.sample_rate / features.hop_length)
     print(f"audiodenoise {audiodenoise.__version__}, torch {torch.__version__}, {args.threads} thread(s), "
           f"{platform.processor() or platform.machine()}")
-    print(f"model: {model_name} ({count_parameters(denoiser.model):,} parameters, "
-          f"chunks of {denoiser.chunk_seconds:g} s)")
+    print(f"model: {model_name} ({count_parameters(denoiser.model):,} parameters, {macs / 1e9:.3f} G MACs "
+          f"per second of audio, chunks of {denoiser.chunk_seconds:g} s)")
     print()
     print(f"| {'file':<24} | {'audio s':>8} | {'process s':>9} | {'RTF':>6} | {'peak RSS':>9} |")
     print(f"|{'-' * 26}|{'-' * 10}|{'-' * 11}|{'-' * 8}|{'-' * 11}|")

@@ -9,7 +9,7 @@ import torch
 from conftest import TINY_MODEL, make_model
 
 from audiodenoise.errors import ConfigError
-from audiodenoise.model import DenoisingAutoencoder, ModelConfig, count_parameters
+from audiodenoise.model import DenoisingAutoencoder, ModelConfig, count_parameters, macs_per_second
 
 TINY_2D = dataclasses.replace(TINY_MODEL, layout="freq_conv2d", channels=(8, 16))
 TINY_CRN = dataclasses.replace(TINY_MODEL, layout="crn", channels=(4, 8), kernel_freq=3, bottleneck_channels=24)
@@ -171,3 +171,16 @@ def test_crn_shares_weights_across_frequency():
     with torch.no_grad():
         a, b = first(x), first(shifted)
     assert torch.allclose(torch.roll(a, 1, dims=2)[:, :, 2:-2], b[:, :, 2:-2], atol=1e-6)
+
+
+def test_macs_per_second_counts_every_convolution():
+    # TINY_MODEL (freq_channels, 32 -> 16, two bottleneck blocks, skips), kernel 3, per frame:
+    n, k = 257, 3
+    per_frame = (n * 32 * k + 32 * 16 * k  # encoder
+                 + 2 * 16 * 16 * k  # bottleneck
+                 + 32 * 32 * k + 64 * n * k  # decoder (skip-concatenated inputs)
+                 + n * n)  # 1x1 head
+    assert macs_per_second(make_model(), 125.0) == pytest.approx(per_frame * 125.0)
+    deeper = dataclasses.replace(TINY_MODEL, bottleneck_dilations=(1, 2, 4))
+    assert macs_per_second(make_model(deeper), 125.0) == pytest.approx((per_frame + 16 * 16 * k) * 125.0)
+    assert macs_per_second(make_model(TINY_CRN), 125.0) > 0
