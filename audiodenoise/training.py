@@ -181,7 +181,8 @@ def fit(
     model = DenoisingAutoencoder(config.model).to(dev)
     if init_model is not None and grow:
         added = grow_model(model, init_model.model)
-        log(f"train: grew {init} by {len(added)} bottleneck block(s), starting as the identity")
+        if ddp.main:
+            log(f"train: grew {init} by {len(added)} bottleneck block(s), starting as the identity")
     elif init_model is not None:
         model.load_state_dict(init_model.model.state_dict())
     ema = make_ema(model, config.ema_decay)
