@@ -25,7 +25,8 @@ CLEAN_SI_SDR_DB = 15.0
 # Measured with the shipped v0.2 model (stage 9, trained with 10 % band-limited inputs), ten dev pairs:
 # clean SI-SDR 8 / 11.025 / 12 kHz: female 27.6 / 31.1 / 31.9 dB, male 18.1 / 19.7 / 18.7 dB (v0.1: 14.6 /
 # 15.2 / 15.8, then an xfail); dev PESQ-WB 1.58 -> 1.74, 1.43 -> 1.68, 1.40 -> 1.65; dev SI-SDR 7.46 -> 5.83,
-# 5.86 -> 6.35, 5.42 -> 6.35 dB (stage 6: 5.48, 5.88, 5.84). Without the bandwidth carry (api.Denoiser.mask) every case failed by far.
+# 5.86 -> 6.35, 5.42 -> 6.35 dB (stage 6: 5.48, 5.88, 5.84). Without the bandwidth carry
+# (api.Denoiser.mask) every case failed by far.
 TODAY = pytest.mark.xfail(strict=False, reason="the shipped model lowers SI-SDR at 8 kHz: 7.46 -> 5.83 dB (issue 14)")
 
 
