@@ -36,7 +36,6 @@ from .checkpoint import load_model, save_model
 from .dataset import PreparedDataset, ValidPairs
 from .errors import ConfigError, TrainingError
 from .features import FeatureConfig, log_magnitude, stft
-from .growth import check_growable
 from .growth import grow as grow_model
 from .losses import loss_fn
 from .mixer import Mixer
@@ -172,9 +171,7 @@ def fit(
         init_model = load_model(init)
         if init_model.features != features:
             raise TrainingError(f"{init}: made with another feature configuration than {dataset_dir}")
-        if grow:
-            check_growable(init_model.model.config, config.model)
-        else:
+        if not grow:  # with grow, grow_model checks that the config's model is a grown copy of the file's
             config = dataclasses.replace(config, model=init_model.model.config)
     if config.model.n_freqs != features.n_freqs:
         raise TrainingError(f"model has {config.model.n_freqs} bins, the dataset {features.n_freqs}")

@@ -86,3 +86,16 @@ def make_corpus(root):
     write_audio(noise / "silent.wav", np.zeros((1, 16000), np.float32), 16000)
     (noise / "broken.wav").write_text("this is not audio")
     return clean, noise
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """A prepared dataset of the small corpus (one per test module that asks for it)."""
+    from audiodenoise.prepare import PrepareConfig, prepare
+
+    root = tmp_path_factory.mktemp("train")
+    clean, noise = make_corpus(root)
+    out = root / "dataset"
+    config = PrepareConfig(segment_seconds=1.0, files_per_shard=3, valid_fraction=0.3)
+    prepare([clean], [noise], out, config=config, progress=False, log=lambda m: None)
+    return out

@@ -3,7 +3,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_MODEL, make_corpus, make_model
+from conftest import TINY_MODEL, make_model
 from test_training import QUIET, TINY_TRAIN, last_checkpoint
 
 from audiodenoise.checkpoint import save_model
@@ -11,7 +11,6 @@ from audiodenoise.errors import ConfigError
 from audiodenoise.features import FeatureConfig
 from audiodenoise.growth import check_growable, grow
 from audiodenoise.model import DenoisingAutoencoder, ModelConfig
-from audiodenoise.prepare import PrepareConfig, prepare
 from audiodenoise.training import TrainConfig, fit
 
 DEEP = dataclasses.replace(TINY_MODEL, bottleneck_dilations=(*TINY_MODEL.bottleneck_dilations, 4, 8))
@@ -43,16 +42,6 @@ def test_a_grown_model_starts_as_the_model_it_grew_from(small):
 def test_only_appended_bottleneck_blocks_can_grow(change, message):
     with pytest.raises(ConfigError, match=message):
         check_growable(TINY_MODEL, dataclasses.replace(TINY_MODEL, **change))
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("grow")
-    clean, noise = make_corpus(root)
-    out = root / "dataset"
-    prepare([clean], [noise], out, config=PrepareConfig(segment_seconds=1.0, files_per_shard=3, valid_fraction=0.3),
-            progress=False, log=lambda m: None)
-    return out
 
 
 def test_train_grow_keeps_the_recipes_deeper_model_and_trains_the_new_blocks(dataset, tmp_path):

@@ -27,16 +27,6 @@ TINY_TRAIN = TrainConfig(model=TINY_MODEL, mix=MixConfig(segment_seconds=1.0), b
 QUIET = dict(progress=False, log=lambda m: None)
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    clean, noise = make_corpus(root)
-    out = root / "dataset"
-    config = PrepareConfig(segment_seconds=1.0, files_per_shard=3, valid_fraction=0.3)
-    prepare([clean], [noise], out, config=config, progress=False, log=lambda m: None)
-    return out
-
-
 def weights(path):
     return load_model(path).model.state_dict()
 
