@@ -69,6 +69,11 @@ class Denoiser:
         background
     limiter : soft-limit the output below full scale so it never clips
     chunk_seconds : length of the pieces long signals are processed in
+    band_carry : for input below the model's rate, show the model the level of
+        the top occupied bin carried across the empty bins above it. ``None``
+        (default): only for a model not trained on band-limited inputs (its
+        recipe's ``mix.band_limit_prob`` is 0 or not recorded); a model that
+        was reads the empty bins as they are
     """
 
     def __init__(
@@ -81,6 +86,7 @@ class Denoiser:
         limiter: bool = True,
         chunk_seconds: float = 20.0,
         info: dict | None = None,
+        band_carry: bool | None = None,
     ) -> None:
         if atten_lim_db is not None and not (math.isfinite(atten_lim_db) and atten_lim_db >= 0):
             raise ConfigError(f"atten_lim_db must be a non-negative number of dB, got {atten_lim_db}")
@@ -93,6 +99,7 @@ class Denoiser:
         self.limiter = limiter
         self.chunk_seconds = chunk_seconds
         self.info = info or {}
+        self.band_carry = not trained_band_limited(self.info) if band_carry is None else bool(band_carry)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, *, sha256: str | None = None, **kwargs) -> Denoiser:
@@ -331,12 +338,13 @@ class Denoiser:
         """Mask over the model-rate STFT of ``wav [channels, time]``: ``[channels, freq, frames]``.
 
         ``bandwidth_hz``: the input's own bandwidth (half its rate) when that is
-        below the model's. The bins above it are empty after resampling, which
-        the model has never seen (it then removes most of the speech below), so
-        the model is shown the level of the top occupied bin carried across them.
+        below the model's. The bins above it are empty after resampling; a model
+        that never saw that removes most of the speech below, so with
+        :attr:`band_carry` it is shown the level of the top occupied bin carried
+        across them.
         """
         log_mag, _ = analyze(wav, config=self.features)
-        if bandwidth_hz is not None and bandwidth_hz < self.features.sample_rate / 2:
+        if self.band_carry and bandwidth_hz is not None and bandwidth_hz < self.features.sample_rate / 2:
             top = int(BANDWIDTH_MARGIN * bandwidth_hz * self.features.n_fft / self.features.sample_rate)
             log_mag = log_mag.clone()
             log_mag[..., top:, :] = log_mag[..., top - 1 : top, :]
@@ -348,3 +356,9 @@ class Denoiser:
         if self.atten_lim_db is not None:
             mask = mask.clamp_min(10.0 ** (-self.atten_lim_db / 20.0))
         return mask
+
+
+def trained_band_limited(info: dict) -> bool:
+    """Whether a model file's recipe (``info["train_config"]``) mixed in band-limited inputs."""
+    mix = (info.get("train_config") or {}).get("mix") or {}
+    return float(mix.get("band_limit_prob") or 0.0) > 0.0
