@@ -294,7 +294,7 @@ def test_band_carry_follows_the_models_recipe_unless_asked(monkeypatch, info, ba
 
 
 def test_the_shipped_model_reads_band_limited_input_as_it_is():
-    # stage 9 was trained with 10 % band-limited mixes; on ten dev pairs at 8 / 11.025 / 12 kHz the carry
+    # stage 9 (and 10) was trained with 10 % band-limited mixes; on ten dev pairs at 8 / 11.025 / 12 kHz the carry
     # cost it SI-SDR (6.26 / 7.05 / 7.06 dB without it, 5.83 / 6.35 / 6.35 with it: input 7.46 / 5.86 / 5.42)
     assert Denoiser.from_pretrained(device="cpu").band_carry is False
 
