@@ -257,11 +257,17 @@ def test_batch_call_equals_one_call_per_signal(denoiser):
         denoiser.denoise_batch(batch[0], 22050)
 
 
-def test_band_limited_input_shows_the_model_its_top_band_carried_across_the_empty_bins(monkeypatch):
+def recording_model(monkeypatch):
+    """A model that keeps every log-magnitude input it is shown, and that list."""
     model = make_model()
     seen = []
     forward = model.forward
     monkeypatch.setattr(model, "forward", lambda log_mag: seen.append(log_mag.clone()) or forward(log_mag))
+    return model, seen
+
+
+def test_band_limited_input_shows_the_model_its_top_band_carried_across_the_empty_bins(monkeypatch):
+    model, seen = recording_model(monkeypatch)
     denoiser = Denoiser(model, FeatureConfig(), device="cpu")
     wav = speech_like(8000, 0.5)
     denoiser.denoise(wav, 8000)
@@ -281,10 +287,7 @@ BAND_LIMITED_RECIPE = {"train_config": {"mix": {"band_limit_prob": 0.1}}}
     ({}, False, False),
 ])
 def test_band_carry_follows_the_models_recipe_unless_asked(monkeypatch, info, band_carry, carried):
-    model = make_model()
-    seen = []
-    forward = model.forward
-    monkeypatch.setattr(model, "forward", lambda log_mag: seen.append(log_mag.clone()) or forward(log_mag))
+    model, seen = recording_model(monkeypatch)
     denoiser = Denoiser(model, FeatureConfig(), device="cpu", info=info, band_carry=band_carry)
     assert denoiser.band_carry is carried
     wav = torch.from_numpy(speech_like(16000, 0.5, seed=3))

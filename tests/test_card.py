@@ -29,7 +29,7 @@ def test_shipped_model_card_answers_what_it_is_and_how_good_in_under_20_lines():
     lines = text.strip().splitlines()
     assert len(lines) < 20
     assert "1,848,199 parameters" in text
-    assert "35,520 steps" in text and "631 h of audio seen" in text  # not the last stage's "step 1200"
+    assert "35,520 steps" in text and "631 h of audio seen" in text  # not the last stage's "step 4800"
     assert "non-causal" in text and "1.58 s" in text
     assert "CC BY 4.0" in text and "GPL" in text  # training data licences
     assert "PESQ-WB 1.75 (noisy 1.44)" in text and "SI-SDR 8.7 dB (noisy 5.0)" in text
