@@ -112,6 +112,23 @@ def load_config(path: str | os.PathLike | None, overrides: dict | None = None) -
     return TrainConfig.from_dict(data)
 
 
+def parse_setting(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` of ``train --set`` as a ``load_config`` override; VALUE is read as TOML, else as a string.
+
+    ``mix.babble_prob=0`` -> ``("mix.babble_prob", 0)``, ``model.bottleneck_dilations=[1, 2]`` -> a list,
+    ``loss=compressed_mag`` -> the string (TOML would want quotes).
+    """
+    key, sep, raw = text.partition("=")
+    key, raw = key.strip(), raw.strip()
+    if not sep or not key or not raw:
+        raise ConfigError(f"--set wants KEY=VALUE (for example mix.babble_prob=0), got {text!r}")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU has native bfloat16 dot products (AVX512_BF16 or AMX), where bf16 autocast pays."""
     try:

@@ -77,6 +77,19 @@ def check_device(value: str) -> str:
     return value
 
 
+def check_settings(values: list[str] | None) -> list[str] | None:
+    """Option callback: each ``--set`` is KEY=VALUE, else a usage error (exit 2)."""
+    from ..errors import ConfigError
+    from ..train_config import parse_setting
+
+    for value in values or ():
+        try:
+            parse_setting(value)
+        except ConfigError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return values
+
+
 def _sigterm_as_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import check_device, run_guarded
+from ._common import check_device, check_settings, run_guarded
 
 PROG = "audiodenoise"
 
@@ -89,6 +89,10 @@ def train(
     ema_decay: Annotated[float | None, typer.Option(help="Weight EMA decay, 0 for none [0.999].")] = None,
     checkpoint_every: Annotated[int | None, typer.Option(help="Steps between checkpoints [500].")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed [0].")] = None,
+    settings: Annotated[list[str] | None, typer.Option(
+        "--set", metavar="KEY=VALUE", callback=check_settings,
+        help="Any config key, model.X and mix.X included (repeat the option): "
+             "--set mix.babble_prob=0 --set model.bottleneck_dilations=[1,2,4].")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", callback=check_device)] = "auto",
     threads: Annotated[int | None, typer.Option(help="torch CPU threads per process.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or messages.")] = False,
@@ -99,7 +103,7 @@ def train(
 
     from ..devices import resolve_device
     from ..errors import ConfigError
-    from ..train_config import load_config
+    from ..train_config import load_config, parse_setting
     from ..training import describe_export, fit
 
     def work() -> None:
@@ -109,6 +113,10 @@ def train(
                          checkpoint_every=checkpoint_every, seed=seed, clean_input_prob=clean_input_prob,
                          precision=precision, ema_decay=ema_decay, compile=compile_steps)
         overrides = {k: v for k, v in overrides.items() if v is not None}
+        overrides.update(parse_setting(item) for item in settings or ())
+        if init is not None and not grow and not resume and any(k.startswith("model.") for k in overrides):
+            raise ConfigError("--set model.X with --init: the model file's architecture is used; "
+                              "add --grow to build a deeper one")
         if resume and config is not None:
             raise ConfigError("--resume uses the run's saved config; give changes as options, not --config")
         cfg = None if resume else load_config(config, overrides)
