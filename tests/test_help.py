@@ -38,6 +38,8 @@ def test_help_shows_no_typer_placeholders(command):
     assert not PLACEHOLDER.findall(text), PLACEHOLDER.findall(text)
     usage = text.splitlines()[0]
     assert usage.startswith("Usage: ") and "{" not in usage
+    vague = re.findall(r"--[a-z-]+ (?:TEXT|INTEGER|FLOAT)\b", text)
+    assert not vague, f"{command}: click's type names as metavars: {vague}"
 
 
 def test_denoise_help_names_its_arguments_plainly():

@@ -53,7 +53,7 @@ def evaluate(
                      metavar="DB"),
     ] = None,
     name: Annotated[
-        str | None, typer.Option(help="Label of the model's (or the one folder's) row.", metavar="TEXT")
+        str | None, typer.Option(help="Label of the model's (or the one folder's) row.", metavar="NAME")
     ] = None,
     html: Annotated[
         Path | None,

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import check_device, check_settings, run_guarded
+from ._common import DEVICE_METAVAR, check_device, check_settings, run_guarded
 
 PROG = "audiodenoise"
 
@@ -77,12 +77,14 @@ def train(
     batch_size: Annotated[int | None, typer.Option(help="Pairs per step and process [16].")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate [2e-3].")] = None,
     loss: Annotated[str | None, typer.Option(
+        metavar="LOSS",
         help="compressed_mag, compressed_mag+complex, compressed_mag+sisdr, log_mag_l1 or compressed_mag+log "
              "[compressed_mag].")] = None,
     clean_input_prob: Annotated[
         float | None, typer.Option(help="Share of items whose input is the clean target [0.1].")
     ] = None,
     precision: Annotated[str | None, typer.Option(
+        metavar="auto|fp32|bf16",
         help="auto (bf16 where the CPU has native bf16, else fp32), fp32 or bf16 [auto].")] = None,
     compile_steps: Annotated[bool | None, typer.Option(
         "--compile/--no-compile", help="Run the training steps through torch.compile [no].")] = None,
@@ -93,7 +95,8 @@ def train(
         "--set", metavar="KEY=VALUE", callback=check_settings,
         help="Any config key, model.X and mix.X included (repeat the option): "
              "--set mix.babble_prob=0 --set model.bottleneck_dilations=[1,2,4].")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", callback=check_device)] = "auto",
+    device: Annotated[str, typer.Option(
+        metavar=DEVICE_METAVAR, help="auto, cpu, cuda or cuda:N.", callback=check_device)] = "auto",
     threads: Annotated[int | None, typer.Option(help="torch CPU threads per process.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or messages.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks on errors.")] = False,
@@ -138,6 +141,7 @@ def export(
     out: Annotated[Path, typer.Argument(help="Model file to write (.safetensors).", show_default=False)],
     step: Annotated[int | None, typer.Option(help="Checkpoint step (default: the latest).")] = None,
     weights: Annotated[str, typer.Option(
+        metavar="best|ema|model",
         help="best (EMA or raw, whichever validated better at that step), ema or model.")] = "best",
     overwrite: Annotated[bool, typer.Option("--overwrite", "-f", help="Replace an existing file.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks on errors.")] = False,
