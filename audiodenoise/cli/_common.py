@@ -77,17 +77,15 @@ def check_device(value: str) -> str:
     return value
 
 
-def check_settings(values: list[str] | None) -> list[str] | None:
-    """Option callback: each ``--set`` is KEY=VALUE, else a usage error (exit 2)."""
+def check_settings(values: list[str] | None) -> list[tuple[str, object]]:
+    """Option callback: each ``--set`` KEY=VALUE parsed into a (key, value) override, else a usage error (exit 2)."""
     from ..errors import ConfigError
     from ..train_config import parse_setting
 
-    for value in values or ():
-        try:
-            parse_setting(value)
-        except ConfigError as exc:
-            raise typer.BadParameter(str(exc)) from None
-    return values
+    try:
+        return [parse_setting(value) for value in values or ()]
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def _sigterm_as_interrupt(signum, frame) -> None:

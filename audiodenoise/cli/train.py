@@ -106,7 +106,7 @@ def train(
 
     from ..devices import resolve_device
     from ..errors import ConfigError
-    from ..train_config import load_config, parse_setting
+    from ..train_config import load_config
     from ..training import describe_export, fit
 
     def work() -> None:
@@ -116,7 +116,7 @@ def train(
                          checkpoint_every=checkpoint_every, seed=seed, clean_input_prob=clean_input_prob,
                          precision=precision, ema_decay=ema_decay, compile=compile_steps)
         overrides = {k: v for k, v in overrides.items() if v is not None}
-        overrides.update(parse_setting(item) for item in settings or ())
+        overrides.update(settings or ())  # check_settings has parsed them into (key, value) pairs
         if init is not None and not grow and not resume and any(k.startswith("model.") for k in overrides):
             raise ConfigError("--set model.X with --init: the model file's architecture is used; "
                               "add --grow to build a deeper one")
