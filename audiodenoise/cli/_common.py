@@ -1,17 +1,19 @@
 """What every command shares: error reporting and exit codes.
 
 Exit codes: 0 every input succeeded, 1 an error (one line on stderr), 2 a
-usage error, 130 interrupted.
+usage error, 130 interrupted, 141 the reader of stdout went away (``| head``).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import sys
 import threading
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 import typer
 from typer.core import TyperCommand
@@ -23,6 +25,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell tool killed by it
 
 
 def fail(prog: str, message: str, *, code: int = EXIT_ERROR) -> typer.Exit:
@@ -44,12 +47,16 @@ def run_guarded(prog: str, fn: Callable[[], int | None], *, verbose: bool) -> No
             old_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code = fn()
+        sys.stdout.flush()  # a closed pipe shows here, where it is handled, not at interpreter exit
     except AudioDenoiseError as exc:
         if verbose:
             traceback.print_exc()
         raise fail(prog, str(exc)) from None
     except KeyboardInterrupt:
         raise fail(prog, "interrupted; no partial output was left", code=EXIT_INTERRUPTED) from None
+    except BrokenPipeError:  # `audiodenoise info | head -1`: the reader has what it wanted; stop quietly
+        _silence_stdout()
+        raise typer.Exit(EXIT_BROKEN_PIPE) from None
     except (typer.Exit, typer.Abort):
         raise
     except Exception as exc:  # a bug: say so in one line, traceback on request
@@ -77,6 +84,24 @@ def check_device(value: str) -> str:
     return value
 
 
+PRETRAINED = "pretrained"
+
+
+def model_file(value: Path | None) -> Path | None:
+    """Option callback for a model path: a folder holding ``model.safetensors`` (a run folder, the
+    repository's ``pretrained/``) means that file, and ``pretrained``, where no such path exists, the
+    shipped model; anything else is taken as given (the loader reports a missing or bad file)."""
+    if value is None:
+        return None
+    if value.is_dir() and (value / "model.safetensors").is_file():
+        return value / "model.safetensors"
+    if str(value) == PRETRAINED and not value.exists():
+        from ..shipped import pretrained_path
+
+        return pretrained_path()
+    return value
+
+
 def check_settings(values: list[str] | None) -> list[tuple[str, object]]:
     """Option callback: each ``--set`` KEY=VALUE parsed into a (key, value) override, else a usage error (exit 2)."""
     from ..errors import ConfigError
@@ -86,6 +111,17 @@ def check_settings(values: list[str] | None) -> list[tuple[str, object]]:
         return [parse_setting(value) for value in values or ()]
     except ConfigError as exc:
         raise typer.BadParameter(str(exc)) from None
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit raises no second BrokenPipeError."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a real file (a test's capture)
+        pass
+    finally:
+        os.close(devnull)
 
 
 def _sigterm_as_interrupt(signum, frame) -> None:

@@ -12,6 +12,7 @@ import typer
 from .. import audio, batch, outputs, streams
 from ..api import Denoiser
 from ..errors import ConfigError, OutputError
+from ..shipped import pretrained_path
 from ._common import (
     DEVICE_METAVAR,
     EXIT_ERROR,
@@ -20,6 +21,7 @@ from ._common import (
     PlainHelpCommand,
     check_device,
     fail,
+    model_file,
     run_guarded,
     version_callback,
 )
@@ -33,7 +35,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_mar
 def load_denoiser(model: Path | None, *, device: str, atten_lim_db: float | None, limiter: bool) -> Denoiser:
     """The shipped model, or the model file at ``model``."""
     options = dict(device=device, atten_lim_db=atten_lim_db, limiter=limiter)
-    if model is None:
+    if _shipped(model):
         return Denoiser.from_pretrained(**options)
     return Denoiser.from_file(model, **options)
 
@@ -41,9 +43,14 @@ def load_denoiser(model: Path | None, *, device: str, atten_lim_db: float | None
 def denoiser_factory(model: Path | None, *, device: str, atten_lim_db: float | None, limiter: bool):
     """A picklable function that loads the denoiser (each batch worker calls it once)."""
     options = dict(device=device, atten_lim_db=atten_lim_db, limiter=limiter)
-    if model is None:
+    if _shipped(model):
         return functools.partial(Denoiser.from_pretrained, **options)
     return functools.partial(Denoiser.from_file, model, **options)
+
+
+def _shipped(model: Path | None) -> bool:
+    """No --model, or `--model pretrained`: the shipped model, loaded with its checksum verified."""
+    return model is None or model == pretrained_path()
 
 
 HELP = f"""Denoise speech in audio files.
@@ -78,7 +85,8 @@ def denoise(
     ] = None,
     model: Annotated[
         Path | None,
-        typer.Option("--model", "-m", help="Model file from `audiodenoise train` (default: shipped).", metavar="PATH"),
+        typer.Option("--model", "-m", help="Model file or run folder of `audiodenoise train` (default: shipped).",
+                     metavar="PATH", callback=model_file),
     ] = None,
     atten_lim_db: Annotated[
         float | None,

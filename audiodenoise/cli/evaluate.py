@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from .. import outputs
-from ._common import DEVICE_METAVAR, EXIT_ERROR, EXIT_USAGE, check_device, fail, run_guarded
+from ._common import DEVICE_METAVAR, EXIT_ERROR, EXIT_USAGE, check_device, fail, model_file, run_guarded
 
 PROG = "audiodenoise evaluate"
 
@@ -23,7 +23,8 @@ def evaluate(
     ],
     model: Annotated[
         Path | None,
-        typer.Option("--model", "-m", help="Model file to evaluate (default: the shipped model).", metavar="PATH"),
+        typer.Option("--model", "-m", help="Model file or run folder to evaluate (default: the shipped model).",
+                     metavar="PATH", callback=model_file),
     ] = None,
     denoised: Annotated[
         list[str] | None,

@@ -12,7 +12,7 @@ from ..api import Denoiser
 from . import denoise as denoise_cmd
 from . import evaluate as evaluate_cmd
 from . import train as train_cmd
-from ._common import PlainHelpCommand, run_guarded, version_callback
+from ._common import PlainHelpCommand, model_file, run_guarded, version_callback
 
 app = typer.Typer(
     add_completion=False,
@@ -46,7 +46,9 @@ app.command("evaluate", help="Score a model or denoised files: PESQ-WB, STOI, SI
 @app.command(help="Describe a model file (default: the shipped model): a short card, or --json for everything.",
              cls=PlainHelpCommand)
 def info(
-    model: Annotated[Path | None, typer.Argument(help="Model file.", metavar="MODEL")] = None,
+    model: Annotated[
+        Path | None, typer.Argument(help="Model file or run folder.", metavar="MODEL", callback=model_file)
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="The full metadata as JSON.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Tracebacks on errors.")] = False,
 ) -> None:

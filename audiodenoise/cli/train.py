@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import DEVICE_METAVAR, check_device, check_settings, run_guarded
+from ._common import DEVICE_METAVAR, check_device, check_settings, model_file, run_guarded
 
 PROG = "audiodenoise"
 
@@ -67,7 +67,8 @@ def train(
         int | None, typer.Option(help="Stop after this step (checkpointed); continue later with --resume.")
     ] = None,
     init: Annotated[
-        Path | None, typer.Option(metavar="MODEL", help="Start from this model file (fine-tuning).")
+        Path | None, typer.Option(metavar="MODEL", callback=model_file, help=(
+            "Start from this model (fine-tuning): a model file, a run folder, or `pretrained` (the shipped model)."))
     ] = None,
     grow: Annotated[bool, typer.Option(
         help="With --init: build the config's deeper model (bottleneck blocks appended) instead of the file's; "
