@@ -28,6 +28,7 @@ from .train_config import TrainConfig
 
 CHECKPOINT_VERSION = 2
 FEATURES_FILE = "features.json"
+MODEL_FILE = "model.safetensors"  # the run's best model, what `--model RUN` and `--init RUN` read
 
 
 def save_checkpoint(run_dir: Path, payload: dict, *, step: int, keep: int) -> Path:
@@ -126,8 +127,8 @@ def run_features(run_dir: Path) -> FeatureConfig:
     path = run_dir / FEATURES_FILE
     if path.is_file():
         return FeatureConfig.from_dict(json.loads(path.read_text()))
-    if (run_dir / "model.safetensors").is_file():
-        return load_model(run_dir / "model.safetensors").features
+    if (run_dir / MODEL_FILE).is_file():
+        return load_model(run_dir / MODEL_FILE).features
     raise TrainingError(f"{run_dir}: no {FEATURES_FILE}; cannot tell the run's feature configuration")
 
 

@@ -40,7 +40,7 @@ from .growth import grow as grow_model
 from .losses import loss_fn
 from .mixer import Mixer
 from .model import DenoisingAutoencoder, count_parameters
-from .runs import FEATURES_FILE, checkpoints, load_latest_checkpoint, log_epoch, save_checkpoint, write_json
+from .runs import FEATURES_FILE, MODEL_FILE, checkpoints, load_latest_checkpoint, log_epoch, save_checkpoint, write_json
 from .train_config import PRECISIONS, TrainConfig, cpu_has_bf16, load_config, resolve_precision
 
 __all__ = ["PRECISIONS", "Step", "TrainConfig", "cpu_has_bf16", "describe_export", "fit", "load_config",
@@ -265,7 +265,7 @@ def fit(
         bar.close()
     if ddp.world > 1:
         dist.barrier()
-    return run_dir / "model.safetensors"
+    return run_dir / MODEL_FILE
 
 
 def _epoch_end(run_dir: Path, model, ema, valid: ValidPairs, step_fn: Step, state: dict, step: int,
@@ -280,7 +280,7 @@ def _epoch_end(run_dir: Path, model, ema, valid: ValidPairs, step_fn: Step, stat
     info = {"step": step, "train_config": config.to_dict()}
     if not len(valid):
         chosen = "ema" if ema is not None else "model"
-        save_model(run_dir / "model.safetensors", candidates[chosen], features,
+        save_model(run_dir / MODEL_FILE, candidates[chosen], features,
                    info={**info, "weights": chosen, "selected_on": "none (no validation pairs)"})
         state.update(better=chosen, best_step=step)
         metrics["exported"] = chosen
@@ -290,7 +290,7 @@ def _epoch_end(run_dir: Path, model, ema, valid: ValidPairs, step_fn: Step, stat
     metrics.update(_audio_scores(candidates[chosen], features, valid.files[: config.valid_audio_pairs]))
     if -losses[chosen] > state["best"]:
         state.update(best=-losses[chosen], best_step=step)
-        save_model(run_dir / "model.safetensors", candidates[chosen], features,
+        save_model(run_dir / MODEL_FILE, candidates[chosen], features,
                    info={**info, "weights": chosen, "selected_on": "validation loss", **_plain(metrics)})
         metrics["exported"] = chosen
     return metrics

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
@@ -32,9 +33,9 @@ def test_a_folder_holding_model_safetensors_means_that_file(tmp_path):
 def test_pretrained_names_the_shipped_model_unless_such_a_path_exists(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert model_file(tmp_path / "x" / ".." / "pretrained") != pretrained_path()  # only the bare word
-    assert model_file(type(tmp_path)("pretrained")) == pretrained_path()
+    assert model_file(Path("pretrained")) == pretrained_path()
     (tmp_path / "pretrained").write_bytes(b"a file the user made")
-    assert model_file(type(tmp_path)("pretrained")) == type(tmp_path)("pretrained")
+    assert model_file(Path("pretrained")) == Path("pretrained")
 
 
 def test_denoise_reads_a_run_folder_and_pretrained(tmp_path, tiny_model_file, monkeypatch):

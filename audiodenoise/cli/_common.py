@@ -93,8 +93,10 @@ def model_file(value: Path | None) -> Path | None:
     shipped model; anything else is taken as given (the loader reports a missing or bad file)."""
     if value is None:
         return None
-    if value.is_dir() and (value / "model.safetensors").is_file():
-        return value / "model.safetensors"
+    from ..runs import MODEL_FILE
+
+    if value.is_dir() and (value / MODEL_FILE).is_file():
+        return value / MODEL_FILE
     if str(value) == PRETRAINED and not value.exists():
         from ..shipped import pretrained_path
 
