@@ -23,10 +23,10 @@ from audiodenoise.evaluate import score_pair, si_sdr
 EVAL = Path(__file__).resolve().parents[2] / "shared" / "eval"
 RATES = [8000, 11025, 12000]
 CLEAN_SI_SDR_DB = 15.0
-# Measured with the shipped v0.2 model (stage 13, trained with 10 % band-limited inputs), ten dev pairs:
-# clean SI-SDR 8 / 11.025 / 12 kHz: female 71.3 / 72.4 / 77.9 dB, male 22.9 / 27.1 / 28.2 dB (v0.1: 14.6 /
-# 15.2 / 15.8, then an xfail); dev PESQ-WB 1.58 -> 1.75, 1.43 -> 1.69, 1.40 -> 1.65; dev SI-SDR 7.46 -> 7.67,
-# 5.86 -> 7.97, 5.42 -> 8.05 dB (8 kHz strict since stage 11, 7.58; stage 12: 7.90; stage 10: 7.37; stage 13's
+# Measured with the shipped v0.2 model (stage 14, trained with 20 % band-limited inputs), ten dev pairs:
+# clean SI-SDR 8 / 11.025 / 12 kHz: female 65.5 / 75.9 / 83.0 dB, male 23.4 / 26.9 / 28.2 dB (v0.1: 14.6 /
+# 15.2 / 15.8, then an xfail); dev PESQ-WB 1.58 -> 1.77, 1.43 -> 1.69, 1.40 -> 1.66; dev SI-SDR 7.46 -> 7.65,
+# 5.86 -> 7.62, 5.42 -> 7.73 dB (8 kHz strict since stage 11, 7.58; stage 12: 7.90; stage 13: 7.67; stage 13's
 # narrow-mixture arm failed it at 7.41 and was not shipped).
 # With the bandwidth carry (what v0.1 needed) stage 9 scored 5.83 / 6.35 /
 # 6.35 dB SI-SDR (6.26 / 7.05 / 7.06 without); v0.1 without it failed every case by far.
