@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import make_model
@@ -100,3 +101,17 @@ def test_the_shipped_models_facts_are_in_data_prep():
     matching = [f for f in facts if f["name"] == info["name"]]
     assert len(matching) == 1, f"no single facts file in data_prep/shipped/ names {info['name']!r}"
     assert {key: info[key] for key in matching[0]} == matching[0]
+
+
+def test_the_gates_near_clean_pairs_are_at_the_snr_asked_for():
+    at_snr = _script("data_prep/gate.py").at_snr
+    rng = np.random.default_rng(0)
+    clean = rng.standard_normal((1, 16000)).astype(np.float32)
+    noise = 0.01 * rng.standard_normal((1, 16000)).astype(np.float32)
+    for snr in (25.0, 0.0, -5.0):
+        mixed = at_snr(clean, noise, snr)
+        residual = (mixed - clean).astype(np.float64)
+        measured = 10 * np.log10(np.sum(clean.astype(np.float64) ** 2) / np.sum(residual ** 2))
+        assert mixed.dtype == np.float32 and abs(measured - snr) < 0.01
+    silent = at_snr(clean, np.zeros_like(noise), 25.0)
+    assert np.array_equal(silent, clean) and silent is not clean  # a noise-free pair stays clean, as a copy
