@@ -58,8 +58,11 @@ def test_low_snrs_get_their_share(data):
     m = mixer(data, MixConfig())
     rng = np.random.default_rng(1)
     snrs = np.array([m._snr(rng) for _ in range(4000)])
-    assert abs(np.mean(snrs < 5) - MixConfig().low_snr_share) < 0.03
-    assert snrs.min() >= -10 and snrs.max() <= 30 and np.mean(snrs < 0) > 0.25
+    cfg = MixConfig()
+    assert abs(np.mean(snrs < cfg.snr_db_low[1]) - cfg.low_snr_share) < 0.03
+    assert snrs.min() >= cfg.snr_db_low[0] and snrs.max() <= cfg.snr_db_high[1]
+    (low, high), share = cfg.snr_db_low, cfg.low_snr_share
+    assert abs(np.mean(snrs < 0) - share * (0 - low) / (high - low)) < 0.03  # uniform within the low part
 
 
 def test_noise_only_band_limited_clipped_and_reverberant_items(data):
