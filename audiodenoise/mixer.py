@@ -11,9 +11,9 @@ batches an uninterrupted one would. Per item:
    noise (random tilt, amplitude modulation, mains hum), or babble
    (3-8 other training speech crops summed), each equalised at random;
 3. mixed at an SNR from a two-part distribution (by default 30 % at -5..5 dB
-   and 70 % at 5..30 dB, about uniform over -5..30 dB), scaled to a random level; a few items are clipped, band-limited
-   (as from an 8 / 11.025 / 12 kHz source: input and target alike), or
-   noise only (target silence).
+   and 70 % at 5..30 dB, about uniform over -5..30 dB), scaled to a random
+   level; a few items are clipped, band-limited (as from an 8 / 11.025 /
+   12 kHz source: input and target alike), or noise only (target silence).
 """
 
 from __future__ import annotations
