@@ -217,6 +217,9 @@ def fit(
             f"{step_fn.precision}{', compiled' if net is not eager else ''}, "
             f"{'EMA ' + str(config.ema_decay) if ema else 'no EMA'}, "
             f"{ddp.world} process(es) on {dev}")
+        if step_fn.precision == "bf16" and dev.type == "cpu" and not cpu_has_bf16():
+            log("train: warning: this CPU has no native bf16 (AVX512_BF16 or AMX), so bf16 autocast is emulated "
+                "and slower than fp32; pass --precision auto or fp32")
     bar = _bar(total_steps, state["step"], progress and ddp.main)
     step = state["step"]
     timing = {"data": 0.0, "total": 0.0}

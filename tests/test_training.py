@@ -247,6 +247,17 @@ def test_bf16_and_fp32_runs_reach_the_same_validation_loss(dataset, tmp_path):
     assert resolve_precision("auto", torch.device("cpu")) in ("fp32", "bf16")
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_forced_bf16_warns_only_where_the_cpu_emulates_it(dataset, tmp_path, monkeypatch, native):
+    monkeypatch.setattr("audiodenoise.training.cpu_has_bf16", lambda: native)
+    messages = []
+    fit(dataset, tmp_path / "run", dataclasses.replace(TINY_TRAIN, precision="bf16"), stop_after=1, progress=False,
+        log=messages.append)
+    warned = [m for m in messages if "no native bf16" in m]
+    assert len(warned) == (0 if native else 1)
+    assert all("--precision auto or fp32" in m for m in warned)
+
+
 def test_ema_is_validated_and_the_better_weights_exported(dataset, tmp_path):
     run = tmp_path / "run"
     fit(dataset, run, TINY_TRAIN, **QUIET)
