@@ -49,7 +49,8 @@ class ModelConfig:
     channels: tuple[int, ...] = (256, 128)
     kernel_freq: int = 5
     kernel_time: int = 3
-    bottleneck_dilations: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    # three stacks of dilations 1-32: the shipped model's bottleneck, issue 11's measured winner (model card)
+    bottleneck_dilations: tuple[int, ...] = (1, 2, 4, 8, 16, 32) * 3
     negative_slope: float = 0.2
     skip: bool = True
     output: str = "mask"

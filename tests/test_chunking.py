@@ -199,3 +199,21 @@ def test_denoiser_chunked_equals_one_pass_with_the_crn_layout():
     b = Denoiser(model, features, device="cpu", chunk_seconds=0.5).denoise(wav, 16000)
     assert np.abs(a - wav).max() > 1e-2
     assert np.abs(a - b).max() < 1e-4
+
+
+def test_denoiser_chunked_equals_one_pass_with_the_default_architecture():
+    # the default (shipped) network's ±193-frame receptive field is 1.5 s: 8 s in 0.5 s chunks is many chunks,
+    # each needing its full context from both neighbours
+    from audiodenoise.model import ModelConfig
+
+    config = ModelConfig()
+    wav = speech_like(16000, 8.0, seed=4)
+    wav += 0.02 * np.random.default_rng(3).standard_normal(wav.shape).astype(np.float32)
+    model, features = make_model(config), FeatureConfig()
+    chunked = Denoiser(model, features, device="cpu", chunk_seconds=0.5)
+    assert chunked.chunk_plan(16000)["context"] >= config.receptive_frames * features.hop_length
+    assert len(list(plan_chunks(wav.shape[1], **chunked.chunk_plan(16000)))) >= 12
+    a = Denoiser(model, features, device="cpu", chunk_seconds=100.0).denoise(wav, 16000)
+    b = chunked.denoise(wav, 16000)
+    assert np.abs(a - wav).max() > 1e-2
+    assert np.abs(a - b).max() < 1e-4

@@ -88,7 +88,8 @@ RF_CONFIGS = {
 def test_receptive_frames_is_exact(name):
     config = RF_CONFIGS[name]
     rf = config.receptive_frames
-    # float64, so the faint influence of the receptive field's edge frames is far above rounding
+    # float64, so the faint influence of the receptive field's edge frames (about 1e-14 through the default's
+    # eighteen blocks) is not lost to rounding; a frame outside the field changes nothing at all, exactly
     model = make_model(config).double()
     frames = 2 * rf + 9
     t0 = frames // 2
@@ -105,8 +106,8 @@ def test_receptive_frames_is_exact(name):
         assert change_at_t0(t0 + rf + 1) == 0.0
         assert change_at_t0(t0 - rf - 1) == 0.0
         # the edges of the receptive field: an effect (so rf is not an over-estimate)
-        assert change_at_t0(t0 + rf) > 1e-10
-        assert change_at_t0(t0 - rf) > 1e-10
+        assert change_at_t0(t0 + rf) > 0.0
+        assert change_at_t0(t0 - rf) > 0.0
 
 
 def test_receptive_frames_formula():

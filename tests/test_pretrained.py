@@ -54,6 +54,14 @@ def test_shipped_model_loads_with_its_checksum(shipped):
     assert shipped.model.config.n_freqs == shipped.features.n_freqs
 
 
+def test_the_default_architecture_is_the_shipped_one(shipped):
+    # issue 11: the measured winner is the default ModelConfig, so `train` without a [model] table builds it
+    from audiodenoise.model import ModelConfig
+    from audiodenoise.training import TrainConfig
+
+    assert shipped.model.config == ModelConfig() == TrainConfig().model
+
+
 def test_from_pretrained_verifies_the_checksum(shipped, monkeypatch):
     import audiodenoise.shipped as shipped
 
