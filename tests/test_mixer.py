@@ -55,10 +55,10 @@ def test_snr_and_levels_are_what_was_drawn(data):
 
 
 def test_low_snrs_get_their_share(data):
-    m = mixer(data, MixConfig())
+    cfg = MixConfig()
+    m = mixer(data, cfg)
     rng = np.random.default_rng(1)
     snrs = np.array([m._snr(rng) for _ in range(4000)])
-    cfg = MixConfig()
     assert abs(np.mean(snrs < cfg.snr_db_low[1]) - cfg.low_snr_share) < 0.03
     assert snrs.min() >= cfg.snr_db_low[0] and snrs.max() <= cfg.snr_db_high[1]
     (low, high), share = cfg.snr_db_low, cfg.low_snr_share
