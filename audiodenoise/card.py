@@ -72,9 +72,10 @@ def format_card(card: dict[str, Any]) -> str:
     lines.append(f"file       {card['model_file']} ({card['bytes'] / 1e6:.1f} MB)")
     lines.append(f"sha256     {card['sha256'][:16]}... {checksum}")
     blocks = len(model["bottleneck_dilations"])
+    front = f"{model['front_channels']}-channel 2-D front end, " if model.get("front_channels") else ""
     lines.append(f"model      convolutional denoising autoencoder, {card['parameters']:,} parameters "
-                 f"({model['layout']}, channels {'-'.join(map(str, model['channels']))}, {blocks} dilated blocks, "
-                 f"output {model['output']})")
+                 f"({model['layout']}, {front}channels {'-'.join(map(str, model['channels']))}, {blocks} dilated "
+                 f"blocks, output {model['output']})")
     hop_ms = 1000 * features["hop_length"] / features["sample_rate"]
     lines.append(f"features   {features['sample_rate'] / 1000:g} kHz, {features['n_fft']}-point STFT, hop "
                  f"{features['hop_length']} ({hop_ms:g} ms); any input rate 8-192 kHz")

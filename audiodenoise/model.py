@@ -20,6 +20,12 @@ conv + LeakyReLU + BatchNorm, with U-Net skip connections when ``skip``):
   ``bottleneck_channels`` for a temporal stack of dilated 1-D convolutions,
   and a mirrored 2-D decoder with skips.
 
+``front_channels > 0`` adds a frequency-local front end to the
+``freq_channels`` layout: a residual branch of 2-D convolutions over
+(frequency, time) on the normalised input, weights shared across frequency,
+before the bins-as-channels encoder. Its last BatchNorm can start at zero
+(``train --grow``), so a trained model gains it as the identity.
+
 Every layer has a finite time support: an output frame depends on
 ``receptive_frames`` frames either side, which is what lets long signals be
 processed in chunks with the same result as one pass.
@@ -38,6 +44,7 @@ from ._config import config_from_dict, config_to_dict
 from .errors import ConfigError
 
 LAYOUTS = ("freq_channels", "freq_conv2d", "crn")
+FRONT_LAYERS = 2  # 3 x kernel_time (frequency x time) convolutions of the front end, then a 1x1 back to one channel
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,7 @@ class ModelConfig:
     skip: bool = True
     output: str = "mask"
     bottleneck_channels: int = 256  # the "crn" layout's temporal stack width
+    front_channels: int = 0  # channels of the freq_channels layout's 2-D front end; 0: none
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -69,6 +77,10 @@ class ModelConfig:
             raise ConfigError(f"bottleneck_channels must be positive, got {self.bottleneck_channels}")
         if any(int(d) < 1 for d in self.bottleneck_dilations):
             raise ConfigError(f"bottleneck_dilations must be positive, got {self.bottleneck_dilations}")
+        if self.front_channels < 0:
+            raise ConfigError(f"front_channels must be 0 (none) or positive, got {self.front_channels}")
+        if self.front_channels and self.layout != "freq_channels":
+            raise ConfigError(f"front_channels is for the freq_channels layout, not {self.layout!r}")
         if self.layout != "freq_channels" and self.n_freqs < 2 ** len(self.channels) + 1:
             raise ConfigError(f"n_freqs {self.n_freqs} too small for {len(self.channels)} layers")
 
@@ -83,7 +95,8 @@ class ModelConfig:
     def receptive_frames(self) -> int:
         """Frames of context on each side that one output frame depends on."""
         half = self.kernel_time // 2
-        return 2 * half * len(self.channels) + sum(half * d for d in self.bottleneck_dilations)
+        front = FRONT_LAYERS * half if self.front_channels else 0
+        return front + 2 * half * len(self.channels) + sum(half * d for d in self.bottleneck_dilations)
 
 
 class _Ops:
@@ -121,6 +134,17 @@ class _Ops:
             conv = nn.Conv1d(channels, channels, k, padding=dilation * (k // 2), dilation=dilation)
         return _Residual(nn.Sequential(conv, self.act(), self.norm(channels)))
 
+    def front(self, channels: int) -> nn.Module:
+        """The 2-D front end's residual branch: [batch, 1, freq, frames] -> the same shape."""
+        k = dict(kernel_size=(3, self.cfg.kernel_time), padding=(1, self.cfg.kernel_time // 2))
+        layers: list[nn.Module] = []
+        cin = 1
+        for _ in range(FRONT_LAYERS):
+            layers += [nn.Conv2d(cin, channels, **k), self.act(), nn.BatchNorm2d(channels)]
+            cin = channels
+        layers += [nn.Conv2d(channels, 1, 1), self.act(), nn.BatchNorm2d(1)]
+        return _Residual(nn.Sequential(*layers))
+
     def head(self, cin: int, cout: int) -> nn.Module:
         return nn.Conv2d(cin, cout, 1) if self.two_d else nn.Conv1d(cin, cout, 1)
 
@@ -148,6 +172,7 @@ class DenoisingAutoencoder(nn.Module):
         head_channels = max(1, chans[1] // 2) if ops.two_d else config.n_freqs
         factor = 2 if config.skip else 1
         self.input_norm = ops.norm(first)
+        self.front = ops.front(int(config.front_channels)) if config.front_channels else None
         self.encoder = nn.ModuleList(ops.encoder(chans[i], chans[i + 1]) for i in range(len(chans) - 1))
         self._crn = config.layout == "crn"
         if self._crn:  # flatten (channels x bands) into a temporal stack and back
@@ -181,6 +206,9 @@ class DenoisingAutoencoder(nn.Module):
         if log_mag.dim() != 3 or log_mag.shape[1] != self.config.n_freqs:
             raise ValueError(f"expected [batch, {self.config.n_freqs}, frames], got {list(log_mag.shape)}")
         x = self.input_norm(log_mag.unsqueeze(1) if self._two_d else log_mag)
+        if self.front is not None:
+            # channels-last: several times faster for these few-channel convolutions on a CPU
+            x = self.front(x.unsqueeze(1).contiguous(memory_format=torch.channels_last)).squeeze(1)
         sizes = [x.shape[2]]
         encoded = []
         for block in self.encoder:

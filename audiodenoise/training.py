@@ -179,7 +179,9 @@ def fit(
     if init_model is not None and grow:
         added = grow_model(model, init_model.model)
         if ddp.main:
-            log(f"train: grew {init} by {len(added)} bottleneck block(s), starting as the identity")
+            blocks = sum(name.startswith("bottleneck.") for name in added)
+            parts = [f"{blocks} bottleneck block(s)"] * (blocks > 0) + ["a 2-D front end"] * ("front" in added)
+            log(f"train: grew {init} by {' and '.join(parts)}, starting as the identity")
     elif init_model is not None:
         model.load_state_dict(init_model.model.state_dict())
     ema = make_ema(model, config.ema_decay)

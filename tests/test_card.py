@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
 from pathlib import Path
 
-from conftest import make_model
+from conftest import TINY_MODEL, make_model
 from typer.testing import CliRunner
 
 from audiodenoise.api import pretrained_sha256
@@ -65,6 +66,13 @@ def test_a_trained_model_file_shows_its_own_metadata(tmp_path):
     assert f"{digest[:16]}... verified" in _info(path)[1]
     (tmp_path / "mine.safetensors.sha256").write_text("0" * 64 + "\n")
     assert "DOES NOT MATCH" in _info(path)[1]
+
+
+def test_the_card_names_a_2d_front_end_only_where_there_is_one(tmp_path):
+    path = tmp_path / "front.safetensors"
+    save_model(path, make_model(dataclasses.replace(TINY_MODEL, front_channels=4)), FeatureConfig(), info={})
+    assert "(freq_channels, 4-channel 2-D front end, channels 32-16, 2 dilated blocks" in _info(path)[1]
+    assert "front end" not in _info()[1]
 
 
 def test_a_run_export_shows_its_step_and_validation_scores(tmp_path):

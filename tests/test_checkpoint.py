@@ -57,15 +57,18 @@ def test_save_load_gives_identical_outputs(tmp_path):
         assert torch.equal(loaded.model.state_dict()[key], value), key
 
 
-@pytest.mark.parametrize("layout", ["freq_conv2d", "crn"])
+@pytest.mark.parametrize("layout", ["freq_conv2d", "crn", "front"])
 def test_save_load_round_trip_for_the_2d_layouts(tmp_path, layout):
-    config = dataclasses.replace(TINY_MODEL, layout=layout, channels=(8, 16), output="log_mag", bottleneck_channels=32)
+    two_d = dict(layout=layout, bottleneck_channels=32) if layout != "front" else dict(front_channels=4)
+    config = dataclasses.replace(TINY_MODEL, channels=(8, 16), output="log_mag", **two_d)
     model = make_model(config)
     path = tmp_path / "model2d.safetensors"
     save_model(path, model, FeatureConfig())
     x = torch.randn(1, 257, 20)
+    loaded = load_model(path).model
+    assert loaded.config == config
     with torch.no_grad():
-        assert torch.equal(load_model(path).model(x), model(x))
+        assert torch.equal(loaded(x), model(x))
 
 
 def test_save_is_atomic_and_leaves_a_normal_file(tmp_path):

@@ -187,11 +187,12 @@ def test_a_long_stream_is_read_in_blocks_and_held_in_bounded_memory():
     assert max(held) <= chunk + 2 * context
 
 
-def test_denoiser_chunked_equals_one_pass_with_the_crn_layout():
+@pytest.mark.parametrize("two_d", [dict(layout="crn", channels=(4, 8), kernel_freq=3, bottleneck_channels=24),
+                                   dict(channels=(32, 16), front_channels=4)], ids=["crn", "front_end"])
+def test_denoiser_chunked_equals_one_pass_with_2d_convolutions(two_d):
     from audiodenoise.model import ModelConfig
 
-    config = ModelConfig(layout="crn", channels=(4, 8), kernel_freq=3, bottleneck_channels=24,
-                         bottleneck_dilations=(1, 2, 4))
+    config = ModelConfig(bottleneck_dilations=(1, 2, 4), **two_d)
     wav = speech_like(16000, 3.0, seed=3)
     wav += 0.02 * np.random.default_rng(2).standard_normal(wav.shape).astype(np.float32)
     model, features = make_model(config), FeatureConfig()

@@ -33,15 +33,43 @@ def test_a_grown_model_starts_as_the_model_it_grew_from(small):
     assert big.receptive_frames > small.receptive_frames
 
 
+@pytest.mark.parametrize("more_blocks", [(), (4, 8)], ids=["front_end", "front_end_and_blocks"])
+def test_a_grown_front_end_starts_as_the_identity(more_blocks):
+    source = make_model(TINY_MODEL)
+    big = dataclasses.replace(TINY_MODEL, front_channels=4,
+                              bottleneck_dilations=(*TINY_MODEL.bottleneck_dilations, *more_blocks))
+    torch.manual_seed(1)
+    grown = DenoisingAutoencoder(big).eval()
+    added = grow(grown, source)
+    assert added == [f"bottleneck.{2 + i}" for i in range(len(more_blocks))] + ["front"]
+    x = torch.randn(2, TINY_MODEL.n_freqs, 120) * 2 - 4
+    with torch.no_grad():
+        torch.testing.assert_close(grown(x), source(x), rtol=0, atol=1e-6)
+        # the front end's convolutions are random, only its last BatchNorm starts at zero: give it a scale
+        # and the grown model computes something else
+        grown.front.body[-1].weight.fill_(1.0)
+        assert (grown(x) - source(x)).abs().max() > 1e-3
+
+
 @pytest.mark.parametrize(("change", "message"), [
     (dict(channels=(32, 24), bottleneck_dilations=(1, 2, 4)), "all else equal"),
     (dict(bottleneck_dilations=(2, 1, 4)), "starting with \\[1, 2\\]"),
     (dict(bottleneck_dilations=(1,)), "starting with"),
-    (dict(), "adds no bottleneck block"),
+    (dict(), "adds no bottleneck block or front end"),
+    (dict(front_channels=4, kernel_time=5), "all else equal"),
 ])
-def test_only_appended_bottleneck_blocks_can_grow(change, message):
+def test_only_appended_bottleneck_blocks_and_a_new_front_end_can_grow(change, message):
     with pytest.raises(ConfigError, match=message):
         check_growable(TINY_MODEL, dataclasses.replace(TINY_MODEL, **change))
+
+
+def test_an_existing_front_end_cannot_be_regrown_or_removed():
+    front = dataclasses.replace(TINY_MODEL, front_channels=4)
+    with pytest.raises(ConfigError, match="all else equal"):
+        check_growable(front, dataclasses.replace(TINY_MODEL, front_channels=8))
+    with pytest.raises(ConfigError, match="all else equal"):
+        check_growable(front, dataclasses.replace(TINY_MODEL, bottleneck_dilations=(1, 2, 4)))
+    assert check_growable(front, dataclasses.replace(front, bottleneck_dilations=(1, 2, 4))) == ["bottleneck.2"]
 
 
 def test_train_grow_keeps_the_recipes_deeper_model_and_trains_the_new_blocks(dataset, tmp_path):
@@ -58,10 +86,24 @@ def test_train_grow_keeps_the_recipes_deeper_model_and_trains_the_new_blocks(dat
     assert state["model"]["bottleneck.3.body.2.weight"].abs().max() > 0
 
 
+def test_train_grow_adds_a_front_end_that_learns(dataset, tmp_path):
+    small = tmp_path / "small.safetensors"
+    save_model(small, make_model(TINY_MODEL), FeatureConfig(), info={})
+    messages = []
+    run = tmp_path / "run"
+    front = dataclasses.replace(TINY_MODEL, front_channels=4)
+    config = dataclasses.replace(TINY_TRAIN, model=front, epochs=1, ema_decay=0.0)
+    fit(dataset, run, config, init=small, grow=True, stop_after=2, progress=False, log=messages.append)
+    assert TrainConfig.from_dict(json.loads((run / "config.json").read_text())).model == front
+    assert any("grew" in m and "a 2-D front end" in m and "bottleneck" not in m for m in messages)
+    _, state = last_checkpoint(run)
+    assert state["model"]["front.body.8.weight"].abs().max() > 0
+
+
 def test_grow_needs_init_and_a_growable_recipe(dataset, tmp_path):
     with pytest.raises(ConfigError, match="--grow needs --init"):
         fit(dataset, tmp_path / "a", dataclasses.replace(TINY_TRAIN, model=DEEP), grow=True, **QUIET)
     small = tmp_path / "small.safetensors"
     save_model(small, make_model(TINY_MODEL), FeatureConfig(), info={})
-    with pytest.raises(ConfigError, match="adds no bottleneck block"):
+    with pytest.raises(ConfigError, match="adds no bottleneck block or front end"):
         fit(dataset, tmp_path / "b", TINY_TRAIN, init=small, grow=True, **QUIET)

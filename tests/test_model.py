@@ -13,11 +13,13 @@ from audiodenoise.model import DenoisingAutoencoder, ModelConfig, count_paramete
 
 TINY_2D = dataclasses.replace(TINY_MODEL, layout="freq_conv2d", channels=(8, 16))
 TINY_CRN = dataclasses.replace(TINY_MODEL, layout="crn", channels=(4, 8), kernel_freq=3, bottleneck_channels=24)
+TINY_FRONT = dataclasses.replace(TINY_MODEL, front_channels=4)
 
 CONFIGS = {
     "freq_channels": TINY_MODEL,
     "freq_channels_no_skip": dataclasses.replace(TINY_MODEL, skip=False),
     "freq_channels_log_mag": dataclasses.replace(TINY_MODEL, output="log_mag"),
+    "freq_channels_front": TINY_FRONT,
     "freq_conv2d": TINY_2D,
     "freq_conv2d_log_mag": dataclasses.replace(TINY_2D, output="log_mag"),
     "freq_conv2d_129_bins": dataclasses.replace(TINY_2D, n_freqs=129),
@@ -45,8 +47,8 @@ def test_output_shape_equals_input_shape(name):
         assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", ["freq_channels", "freq_channels_no_skip", "freq_conv2d", "freq_conv2d_129_bins",
-                                  "crn"])
+@pytest.mark.parametrize("name", ["freq_channels", "freq_channels_no_skip", "freq_channels_front", "freq_conv2d",
+                                  "freq_conv2d_129_bins", "crn"])
 def test_mask_is_in_unit_interval(name):
     config = CONFIGS[name]
     model = make_model(config)
@@ -80,6 +82,8 @@ RF_CONFIGS = {
     "tiny_crn": TINY_CRN,
     "tiny_crn_kernel5": dataclasses.replace(TINY_CRN, kernel_time=5, bottleneck_dilations=(1, 2, 4)),
     "tiny_3_layers_no_skip": dataclasses.replace(TINY_MODEL, channels=(24, 16, 8), skip=False),
+    "tiny_front": TINY_FRONT,
+    "tiny_front_kernel5": dataclasses.replace(TINY_FRONT, kernel_time=5),
     "default": ModelConfig(),
 }
 
@@ -115,6 +119,8 @@ def test_receptive_frames_formula():
     wide = ModelConfig(channels=(256, 192), bottleneck_dilations=(1, 2, 4, 8, 16, 1, 2, 4, 8, 16))
     assert wide.receptive_frames == 2 * 2 * 1 + sum((1, 2, 4, 8, 16, 1, 2, 4, 8, 16))
     assert dataclasses.replace(TINY_MODEL, kernel_time=5, bottleneck_dilations=(1, 3)).receptive_frames == 16
+    # the 2-D front end: two more half-kernels
+    assert TINY_FRONT.receptive_frames == TINY_MODEL.receptive_frames + 2
 
 
 def test_wrong_input_shape_is_refused():
@@ -145,6 +151,8 @@ def test_config_dict_round_trip_and_unknown_keys():
         ({"layout": "freq_conv2d", "n_freqs": 4}, "too small"),
         ({"layout": "crn", "n_freqs": 4}, "too small"),
         ({"bottleneck_channels": 0}, "bottleneck_channels must be positive"),
+        ({"front_channels": -1}, "front_channels must be 0"),
+        ({"layout": "crn", "front_channels": 4}, "front_channels is for the freq_channels layout"),
     ],
 )
 def test_config_rejects_bad_values(changes, match):
@@ -174,6 +182,19 @@ def test_crn_shares_weights_across_frequency():
     assert torch.allclose(torch.roll(a, 1, dims=2)[:, :, 2:-2], b[:, :, 2:-2], atol=1e-6)
 
 
+def test_front_end_is_frequency_local_and_shares_weights_across_frequency():
+    # the front end's residual branch responds to a time-frequency pattern the same way wherever it sits
+    # in frequency (away from the edges), which the bins-as-channels encoder after it cannot do alone
+    branch = make_model(TINY_FRONT).front.body
+    x = torch.full((1, 1, 64, 9), -1.0)
+    x[0, 0, 20:24, 4] = 2.0
+    shifted = torch.roll(x, 7, dims=2)
+    with torch.no_grad():
+        a, b = branch(x), branch(shifted)
+    assert a.abs().max() > 0
+    torch.testing.assert_close(torch.roll(a, 7, dims=2)[:, :, 10:-10], b[:, :, 10:-10], rtol=0, atol=1e-6)
+
+
 def test_macs_per_second_counts_every_convolution():
     # TINY_MODEL (freq_channels, 32 -> 16, two bottleneck blocks, skips), kernel 3, per frame:
     n, k = 257, 3
@@ -185,3 +206,5 @@ def test_macs_per_second_counts_every_convolution():
     deeper = dataclasses.replace(TINY_MODEL, bottleneck_dilations=(1, 2, 4))
     assert macs_per_second(make_model(deeper), 125.0) == pytest.approx((per_frame + 16 * 16 * k) * 125.0)
     assert macs_per_second(make_model(TINY_CRN), 125.0) > 0
+    front = n * (1 * 4 * 9 + 4 * 4 * 9 + 4)  # two 3x3 convolutions over every bin, then a 1x1 back to one channel
+    assert macs_per_second(make_model(TINY_FRONT), 125.0) == pytest.approx((per_frame + front) * 125.0)

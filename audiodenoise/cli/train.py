@@ -71,8 +71,8 @@ def train(
             "Start from this model (fine-tuning): a model file, a run folder, or `pretrained` (the shipped model)."))
     ] = None,
     grow: Annotated[bool, typer.Option(
-        help="With --init: build the config's deeper model (bottleneck blocks appended) instead of the file's; "
-             "the new blocks start as the identity.")] = False,
+        help="With --init: build the config's grown model (bottleneck blocks appended, or a 2-D front end added "
+             "with model.front_channels) instead of the file's; the new parts start as the identity.")] = False,
     epochs: Annotated[int | None, typer.Option(help="Epochs [10].")] = None,
     steps_per_epoch: Annotated[int | None, typer.Option(help="Steps per epoch (0: one pass) [0].")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Pairs per step and process [16].")] = None,
