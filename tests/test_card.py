@@ -30,10 +30,10 @@ def test_shipped_model_card_answers_what_it_is_and_how_good_in_under_20_lines():
     lines = text.strip().splitlines()
     assert len(lines) < 20
     assert "1,848,199 parameters" in text
-    assert "57,120 steps" in text and "1015 h of audio seen" in text  # not the last stage's "step 1800"
+    assert "58,920 steps" in text and "1047 h of audio seen" in text  # not the last stage's "step 3600"
     assert "non-causal" in text and "1.58 s" in text
     assert "CC BY 4.0" in text and "GPL" in text  # training data licences
-    assert "PESQ-WB 1.78 (noisy 1.44)" in text and "SI-SDR 9.0 dB (noisy 5.0)" in text
+    assert "PESQ-WB 1.79 (noisy 1.44)" in text and "SI-SDR 9.0 dB (noisy 5.0)" in text
     assert f"{pretrained_sha256()[:16]}... verified" in text
 
 
@@ -42,8 +42,8 @@ def test_json_is_the_full_metadata():
     assert code == 0, text
     card = json.loads(text)
     assert card["sha256"] == pretrained_sha256() and card["checksum"] == "verified"
-    assert card["info"]["total_steps"] == 57120 and card["info"]["step"] == 1800  # the run's own keys kept
-    assert card["info"]["train_config"]["lr"] == 0.0001 and card["info"]["weights"] == "ema"
+    assert card["info"]["total_steps"] == 58920 and card["info"]["step"] == 3600  # the run's own keys kept
+    assert card["info"]["train_config"]["lr"] == 0.0001 and card["info"]["weights"] == "model"
     assert card["model"]["channels"] == [256, 128] and card["features"]["n_fft"] == 512
 
 
@@ -108,4 +108,4 @@ def test_the_shipped_model_is_found_through_audiodenoise_shipped(tmp_path, monke
     monkeypatch.setattr("audiodenoise.shipped.PRETRAINED_PACKAGE", package.name)
     card = model_card()
     assert card["shipped"] and Path(card["model_file"]).parent == package
-    assert card["checksum"] == "verified" and card["info"]["total_steps"] == 57120
+    assert card["checksum"] == "verified" and card["info"]["total_steps"] == 58920

@@ -23,12 +23,12 @@ from audiodenoise.evaluate import score_pair, si_sdr
 EVAL = Path(__file__).resolve().parents[2] / "shared" / "eval"
 RATES = [8000, 11025, 12000]
 CLEAN_SI_SDR_DB = 15.0
-# Measured with the shipped v0.2 model (stage 17, trained with 20 % band-limited inputs and SNRs up to 30 dB),
-# ten dev pairs: clean SI-SDR 8 / 11.025 / 12 kHz: female 75.6 / 67.4 / 75.0 dB, male 25.2 / 27.3 / 28.2 dB (v0.1:
-# 14.6 / 15.2 / 15.8, then an xfail); dev PESQ-WB 1.58 -> 1.80, 1.43 -> 1.72, 1.40 -> 1.66; dev SI-SDR 7.46 -> 8.46,
-# 5.86 -> 7.88, 5.42 -> 7.90 dB (8 kHz strict since stage 11, 7.58; stage 12: 7.90; stage 13: 7.67; stage 14:
-# 7.65; stage 16: 7.59; stage 13's narrow-mixture arm failed it at 7.41, session 12's arms at 7.03-7.45, and were
-# not shipped).
+# Measured with the shipped v0.2 model (stage 17b, trained with 20 % band-limited inputs and SNRs up to 30 dB),
+# ten dev pairs: clean SI-SDR 8 / 11.025 / 12 kHz: female 64.5 / 65.9 / 74.7 dB, male 22.9 / 26.2 / 27.3 dB (v0.1:
+# 14.6 / 15.2 / 15.8, then an xfail); dev PESQ-WB 1.58 -> 1.78, 1.43 -> 1.73, 1.40 -> 1.66; dev SI-SDR 7.46 -> 8.19,
+# 5.86 -> 7.98, 5.42 -> 8.11 dB (8 kHz strict since stage 11, 7.58; stage 12: 7.90; stage 13: 7.67; stage 14:
+# 7.65; stage 16: 7.59; stage 17: 8.46; stage 13's narrow-mixture arm failed it at 7.41, session 12's arms at
+# 7.03-7.45, and were not shipped).
 # With the bandwidth carry (what v0.1 needed) stage 9 scored 5.83 / 6.35 /
 # 6.35 dB SI-SDR (6.26 / 7.05 / 7.06 without); v0.1 without it failed every case by far.
 
