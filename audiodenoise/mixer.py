@@ -55,10 +55,14 @@ class MixConfig:
     rt60_s: tuple[float, float] = (0.2, 1.0)
     clip_prob: float = 0.02
     noise_only_prob: float = 0.02
+    # draw this share of the speech crops from the stored files whose path matches the glob speech_focus
+    # (e.g. "*librispeech*": a many-speaker source, or the domain you care about); 0: every sample equally likely
+    speech_focus: str = ""
+    speech_focus_share: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("synthetic_prob", "babble_prob", "speed_prob", "eq_prob", "band_limit_prob", "reverb_prob",
-                     "clip_prob", "noise_only_prob", "low_snr_share"):
+                     "clip_prob", "noise_only_prob", "low_snr_share", "speech_focus_share"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"mix.{name} must be in [0, 1], got {getattr(self, name)}")
         for name in ("snr_db_low", "snr_db_high", "level_db", "speed_range", "rt60_s", "babble_speakers"):
@@ -69,6 +73,8 @@ class MixConfig:
             raise ConfigError("mix.level_db must be <= 0 dBFS; speed_range and rt60_s must be positive")
         if self.noises_max < 1 or self.pool_size < 0 or not 0.5 <= self.segment_seconds <= 60:
             raise ConfigError("mix.noises_max >= 1, mix.pool_size >= 0 and mix.segment_seconds in 0.5-60 required")
+        if self.speech_focus_share > 0 and not self.speech_focus:
+            raise ConfigError("mix.speech_focus_share needs mix.speech_focus, a glob on the stored speech paths")
 
     def to_dict(self) -> dict:
         return config_to_dict(self)
@@ -103,6 +109,10 @@ class Mixer:
         self.speech, self.noise, self.config = speech, noise, config
         self.sample_rate, self.seed = sample_rate, seed
         self.length = int(round(config.segment_seconds * sample_rate))
+        self.focus = speech.matching(config.speech_focus) if config.speech_focus_share > 0 else None
+        if self.focus is not None and not self.focus.size:
+            raise ConfigError(f"mix.speech_focus {config.speech_focus!r} matches none of the {len(speech)} training "
+                              "speech files")
 
     def batch(self, step: int, *, batch_size: int, rank: int = 0, world: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """``(noisy, clean)``, each ``float32 [batch_size, time]``, of rank ``rank`` at ``step``."""
@@ -162,7 +172,11 @@ class Mixer:
     def _speech(self, rng: np.random.Generator) -> np.ndarray:
         cfg, n = self.config, self.length
         factor = rng.uniform(*cfg.speed_range) if rng.random() < cfg.speed_prob else 1.0
-        crop = self.speech.crop(rng, int(np.ceil(n * factor)) + 1)
+        length = int(np.ceil(n * factor)) + 1
+        if self.focus is not None and rng.random() < cfg.speech_focus_share:
+            crop = self.speech.crop(rng, length, files=self.focus)
+        else:
+            crop = self.speech.crop(rng, length)
         out = augment.speed(crop, factor, sample_rate=self.sample_rate)[:n]
         if out.size < n:
             out = np.concatenate([out, np.zeros(n - out.size, dtype=np.float32)])

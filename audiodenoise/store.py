@@ -13,6 +13,7 @@ a shard is complete exactly when both exist and agree.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 from pathlib import Path
@@ -109,10 +110,28 @@ class WaveStore:
         return self.streams[row["shard"]][row["offset"] : row["offset"] + row["length"]].astype(np.float32) \
             / INT16_SCALE
 
-    def crop(self, rng: np.random.Generator, length: int) -> np.ndarray:
-        """A random stretch of ``length`` samples of the stored stream (each sample equally likely)."""
+    def matching(self, pattern: str) -> np.ndarray:
+        """Indices of the stored files whose source path matches the glob ``pattern`` (case-sensitive)."""
+        hits = [i for i, row in enumerate(self.files) if fnmatch.fnmatchcase(str(row.get("file", "")), pattern)]
+        return np.array(hits, dtype=np.int64)
+
+    def crop(self, rng: np.random.Generator, length: int, *, files: np.ndarray | None = None) -> np.ndarray:
+        """A random stretch of ``length`` samples of the stored stream (each sample equally likely).
+
+        With ``files`` (indices into :attr:`files`) the stretch starts inside one of those files, each of
+        their samples equally likely (it may run on into the next stored file, as any crop may).
+        """
         if self.total_samples == 0:
             raise DatasetError(f"{self.folder}: the store is empty")
+        if files is not None:
+            lengths = np.array([self.files[i]["length"] for i in files], dtype=np.float64)
+            row = self.files[int(files[rng.choice(len(files), p=lengths / lengths.sum())])]
+            stream = self.streams[row["shard"]]
+            start = min(row["offset"] + int(rng.integers(0, row["length"])), max(0, stream.shape[0] - length))
+            out = np.zeros(length, dtype=np.float32)
+            piece = stream[start : start + length]
+            out[: piece.shape[0]] = piece * np.float32(1.0 / INT16_SCALE)
+            return out
         shard = int(rng.choice(len(self.streams), p=self.samples / self.total_samples))
         stream = self.streams[shard]
         if stream.shape[0] <= length:

@@ -219,6 +219,10 @@ def fit(
             f"{step_fn.precision}{', compiled' if net is not eager else ''}, "
             f"{'EMA ' + str(config.ema_decay) if ema else 'no EMA'}, "
             f"{ddp.world} process(es) on {dev}")
+        if mixer.focus is not None:
+            hours = sum(data.speech.files[i]["length"] for i in mixer.focus) / features.sample_rate / 3600
+            log(f"train: {config.mix.speech_focus_share:.0%} of the speech crops from the {mixer.focus.size} files "
+                f"({hours:.2f} h) matching {config.mix.speech_focus!r}")
         if step_fn.precision == "bf16" and dev.type == "cpu" and not cpu_has_bf16():
             log("train: warning: this CPU has no native bf16 (AVX512_BF16 or AMX), so bf16 autocast is emulated "
                 "and slower than fp32; pass --precision auto or fp32")

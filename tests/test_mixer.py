@@ -9,6 +9,7 @@ from audiodenoise.errors import ConfigError
 from audiodenoise.mixer import MixConfig, Mixer
 from audiodenoise.mixing import rms
 from audiodenoise.prepare import PrepareConfig, prepare
+from audiodenoise.store import INT16_SCALE
 
 OFF = MixConfig(segment_seconds=1.0).without("synthetic", "babble", "speed", "eq", "band_limit", "reverb", "clip",
                                              "noise_only")
@@ -102,3 +103,59 @@ def test_config_checks():
     with pytest.raises(ConfigError, match="unknown augmentation"):
         MixConfig().without("wobble")
     assert MixConfig.from_dict(MixConfig().to_dict()) == MixConfig()
+
+
+def _origin(store, crop):
+    """(file index, offset in file) where ``crop`` starts in the stored streams (None if nowhere)."""
+    wanted = np.round(crop * INT16_SCALE).astype(np.int64)
+    for index, row in enumerate(store.files):
+        stream = np.asarray(store.streams[row["shard"]], dtype=np.int64)
+        for start in np.flatnonzero(stream[row["offset"] : row["offset"] + row["length"]] == wanted[0]):
+            begin = row["offset"] + int(start)
+            if np.array_equal(stream[begin : begin + wanted.size], wanted):
+                return index, int(start)
+    return None
+
+
+def test_speech_focus_crops_start_in_the_matching_files(data):
+    store = data.speech
+    focus = store.matching("*/sub/*")
+    assert 0 < focus.size < len(store)
+    assert all("/sub/" in store.files[i]["file"] for i in focus)
+    rng = np.random.default_rng(5)
+    focused = [_origin(store, store.crop(rng, 400, files=focus)) for _ in range(30)]
+    assert all(o is not None and o[0] in set(focus.tolist()) for o in focused)
+    anywhere = [_origin(store, store.crop(rng, 400)) for _ in range(30)]
+    assert any(o is not None and o[0] not in set(focus.tolist()) for o in anywhere)
+
+
+def test_speech_focus_share_sets_how_often_the_focus_is_drawn(data, monkeypatch):
+    calls = []
+    crop = data.speech.crop
+
+    def spy(rng, length, files=None):
+        calls.append(files is not None)
+        return crop(rng, length, files=files)
+
+    monkeypatch.setattr(data.speech, "crop", spy)
+    config = dataclasses.replace(OFF, speech_focus="*/sub/*", speech_focus_share=0.5)
+    mixer(data, config).batch(0, batch_size=200)
+    assert len(calls) == 200 and 70 <= sum(calls) <= 130
+
+
+def test_speech_focus_off_keeps_the_mixture_stream(data):
+    config = dataclasses.replace(OFF, speech_focus="*/sub/*", speech_focus_share=0.0)
+    plain = mixer(data, OFF).batch(3, batch_size=4)
+    for a, b in zip(plain, mixer(data, config).batch(3, batch_size=4), strict=True):
+        np.testing.assert_array_equal(a, b)
+    focused = dataclasses.replace(OFF, speech_focus="*/sub/*", speech_focus_share=1.0)
+    assert not np.array_equal(plain[1], mixer(data, focused).batch(3, batch_size=4)[1])
+
+
+def test_speech_focus_checks(data):
+    with pytest.raises(ConfigError, match="needs mix.speech_focus"):
+        MixConfig(speech_focus_share=0.5)
+    with pytest.raises(ConfigError, match="matches none of the"):
+        mixer(data, dataclasses.replace(OFF, speech_focus="*nothing-here*", speech_focus_share=0.5))
+    with pytest.raises(ConfigError, match="speech_focus_share"):
+        MixConfig(speech_focus="*", speech_focus_share=2.0)

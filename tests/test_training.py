@@ -396,3 +396,16 @@ def test_compile_without_a_cpp_compiler_trains_uncompiled_and_says_so(dataset, t
     assert any("needs a C++ compiler" in m for m in messages)
     assert not any(", compiled," in m for m in messages)
     assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_speech_focus_is_logged_and_kept_in_the_run_config(dataset, tmp_path):
+    config = dataclasses.replace(TINY_TRAIN, epochs=1, steps_per_epoch=2,
+                                 mix=MixConfig(segment_seconds=1.0, speech_focus="*/sub/*", speech_focus_share=0.5))
+    lines = []
+    fit(dataset, tmp_path / "run", config, progress=False, log=lines.append)
+    said = [line for line in lines if "of the speech crops" in line]
+    assert len(said) == 1 and "50% of the speech crops" in said[0] and "'*/sub/*'" in said[0]
+    files = int(said[0].split(" files ")[0].split()[-1])
+    assert 0 < files < len(PreparedDataset(dataset).speech)
+    saved = TrainConfig.from_dict(json.loads((tmp_path / "run" / "config.json").read_text()))
+    assert saved.mix.speech_focus == "*/sub/*" and saved.mix.speech_focus_share == 0.5
