@@ -98,8 +98,9 @@ class WaveStore:
             self.files.extend({**row, "shard": index} for row in rows)
         self.samples = np.array([s.shape[0] for s in self.streams], dtype=np.int64)
         self.total_samples = int(self.samples.sum())
-        lengths = np.array([f["length"] for f in self.files], dtype=np.float64)
-        self.file_weights = np.sqrt(lengths) / np.sqrt(lengths).sum() if lengths.size else lengths
+        self.file_lengths = np.array([f["length"] for f in self.files], dtype=np.int64)
+        roots = np.sqrt(self.file_lengths)
+        self.file_weights = roots / roots.sum() if roots.size else roots
 
     def __len__(self) -> int:
         return len(self.files)
@@ -124,7 +125,7 @@ class WaveStore:
         if self.total_samples == 0:
             raise DatasetError(f"{self.folder}: the store is empty")
         if files is not None:
-            lengths = np.array([self.files[i]["length"] for i in files], dtype=np.float64)
+            lengths = self.file_lengths[files]
             row = self.files[int(files[rng.choice(len(files), p=lengths / lengths.sum())])]
             stream = self.streams[row["shard"]]
             start = min(row["offset"] + int(rng.integers(0, row["length"])), max(0, stream.shape[0] - length))

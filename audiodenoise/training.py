@@ -220,7 +220,7 @@ def fit(
             f"{'EMA ' + str(config.ema_decay) if ema else 'no EMA'}, "
             f"{ddp.world} process(es) on {dev}")
         if mixer.focus is not None:
-            hours = sum(data.speech.files[i]["length"] for i in mixer.focus) / features.sample_rate / 3600
+            hours = data.speech.file_lengths[mixer.focus].sum() / features.sample_rate / 3600
             log(f"train: {config.mix.speech_focus_share:.0%} of the speech crops from the {mixer.focus.size} files "
                 f"({hours:.2f} h) matching {config.mix.speech_focus!r}")
         if step_fn.precision == "bf16" and dev.type == "cpu" and not cpu_has_bf16():
